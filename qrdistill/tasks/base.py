@@ -1,0 +1,73 @@
+"""The task interface: data loading, prompt, answer extraction and check.
+
+A task owns everything that depends on its answer format, so generate,
+filter, train and evaluate all call the same `is_correct`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from qrdistill.registry import Registry
+
+
+@dataclass
+class Record:
+    """A canonical question. `choices` is empty for free-answer tasks; for
+    multiple choice `answer` is the gold letter ("C") and `meta["answer_text"]`
+    the gold option's text. `meta["difficulty"]` (int) is set when known."""
+
+    id: str
+    question: str
+    answer: str
+    choices: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        return cls(
+            id=str(d["id"]),
+            question=d["question"],
+            answer=str(d["answer"]),
+            choices=list(d.get("choices") or []),
+            meta=dict(d.get("meta") or {}),
+        )
+
+
+class Task:
+    """Base class; subclasses set `name` and implement `load` and `extract_answer`."""
+
+    name: ClassVar[str] = ""
+    #: splits this task offers; evaluate says so when `test` is missing.
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    #: instruction appended to every teacher/student prompt so the answer is extractable.
+    answer_instruction: ClassVar[str] = 'End your response with "The answer is X." where X is your final answer.'
+
+    def load(self, split: str = "train", path: str | None = None, limit: int | None = None) -> list[Record]:
+        raise NotImplementedError
+
+    def prompt(self, record: Record) -> str:
+        """The question as shown to teacher and student (with lettered options if any)."""
+        if record.choices:
+            opts = "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(record.choices))
+            return f"{record.question}\nOptions:\n{opts}"
+        return record.question
+
+    def gold_text(self, record: Record) -> str:
+        """How a correct final answer is written, e.g. "(C) 03/15/2021" or "42"."""
+        if record.choices:
+            return f"({record.answer}) {record.meta.get('answer_text', '')}".strip()
+        return record.answer
+
+    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+        raise NotImplementedError
+
+    def is_correct(self, text: str, record: Record) -> bool:
+        raise NotImplementedError
+
+
+TASKS: Registry[type[Task]] = Registry("task")
