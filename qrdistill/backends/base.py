@@ -39,6 +39,8 @@ class Completion:
     latency: float | None = None
     attempts: int = 1
     finish_reason: str | None = None
+    #: backend-specific facts stored with the completion (the simulated teacher's `planted`).
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
