@@ -1,0 +1,218 @@
+"""Filter stage (paper §2.3): keep paths with a correct answer that the judge marks valid.
+
+Step 1 drops paths whose extracted answer is wrong (`correct` in
+paths.jsonl, computed by the task's own checker). Step 2 sends the remaining
+paths to the judge; only an explicit, parsed `valid` verdict keeps a path.
+Every path is written to `D/filtered.jsonl` with its verdict (null when step 1
+dropped it) and `kept`; `D/filter_report.json` counts the outcome per task
+and per style, and — when the simulated teacher planted known defects —
+measures the filter's precision and recall on clean paths.
+
+`filter.enabled: false` is the paper's "without quality filter" ablation:
+both steps are skipped and every path is kept. `filter.judge.kind: none`
+keeps step 1 only.
+
+Judging is resumable: the `llm` judge stores its calls in `D/store.sqlite`
+(a re-run asks only what is missing); the `steps` judge is deterministic
+and cheap, so it simply runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FILTERED_FILE = "filtered.jsonl"
+REPORT_FILE = "filter_report.json"
+OUTCOMES = ("total", "wrong_answer", "judged_invalid", "unparseable", "kept")
+
+
+def is_clean(planted: Any) -> bool:
+    """A path is clean when the simulated teacher planted no defect in it.
+
+    `planted` is what the teacher stored: a falsy value (None, [], {}, "") for a
+    clean path; a non-empty list/str, or a mapping with any truthy value
+    (e.g. {"wrong_answer": false, "spurious_step": true}) for a defective one.
+    """
+    if isinstance(planted, dict):
+        return not any(planted.values())
+    return not planted
+
+
+def outcome(row: dict[str, Any]) -> str:
+    if row["kept"]:
+        return "kept"
+    if not row["correct"]:
+        return "wrong_answer"
+    judge = row.get("judge") or {}
+    if judge and not judge.get("parsed", True):
+        return "unparseable"
+    return "judged_invalid"
+
+
+def count_outcomes(rows: list[dict[str, Any]], by: str | None) -> dict[str, dict[str, int]]:
+    groups: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        c = groups[r[by] if by else "all"]
+        c["total"] += 1
+        c[outcome(r)] += 1
+    return {g: {k: int(c.get(k, 0)) for k in OUTCOMES} for g, c in groups.items()}
+
+
+def planted_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Confusion of planted defects vs kept, and precision/recall of keeping clean paths."""
+
+    def metrics(sub: list[dict[str, Any]]) -> dict[str, Any]:
+        conf = Counter()
+        for r in sub:
+            clean = is_clean(r["meta"].get("planted"))
+            conf[("clean" if clean else "defective", "kept" if r["kept"] else "dropped")] += 1
+        kept_clean, kept_def = conf[("clean", "kept")], conf[("defective", "kept")]
+        drop_clean = conf[("clean", "dropped")]
+        kept = kept_clean + kept_def
+        clean = kept_clean + drop_clean
+        return {
+            "clean_kept": kept_clean,
+            "clean_dropped": drop_clean,
+            "defective_kept": kept_def,
+            "defective_dropped": conf[("defective", "dropped")],
+            "precision_clean": round(kept_clean / kept, 4) if kept else None,
+            "recall_clean": round(kept_clean / clean, 4) if clean else None,
+        }
+
+    withp = [r for r in rows if "planted" in r["meta"]]
+    by_style: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in withp:
+        by_style[r["style"]].append(r)
+        by_task[r["task"]].append(r)
+    return {
+        "paths_with_planted_info": len(withp),
+        "overall": metrics(withp),
+        "by_style": {s: metrics(v) for s, v in by_style.items()},
+        "by_task": {t: metrics(v) for t, v in by_task.items()},
+    }
+
+
+def _limit_questions(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    if limit is None:
+        return rows
+    seen: dict[str, list[str]] = defaultdict(list)
+    out = []
+    for r in rows:
+        qids = seen[r["task"]]
+        if r["qid"] not in qids:
+            if len(qids) >= limit:
+                continue
+            qids.append(r["qid"])
+        out.append(r)
+    return out
+
+
+def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from qrdistill.io import (
+        atomic_write_json,
+        atomic_write_jsonl,
+        read_json,
+        read_jsonl,
+        require_artifact,
+        write_run_meta,
+    )
+    from qrdistill.stages.generate import PATHS_FILE, STORE_FILE
+
+    run_dir = Path(run_dir)
+    paths_file = require_artifact(run_dir / PATHS_FILE, "generate")
+    rows = read_jsonl(paths_file, required=("qid", "task", "style", "prompt", "response", "correct"))
+    for r in rows:
+        r.setdefault("meta", {})
+    rows = _limit_questions(rows, limit)
+    gen_meta = run_dir / "meta" / "generate.json"
+    if gen_meta.exists():
+        failed = (read_json(gen_meta).get("summary") or {}).get("failed_calls") or 0
+        if failed:
+            log.warning("generate left %d teacher calls unanswered; filtering the %d paths it wrote "
+                        "(run `qrdistill generate` again to complete the pool)", failed, len(rows))
+
+    fc = cfg.filter
+    judge_kind = fc.judge.kind if fc.enabled else None
+    if not fc.enabled:
+        mode = "disabled (ablation 'w/o quality filter'): every path kept, no answer check, no judge"
+        for r in rows:
+            r["judge"], r["kept"] = None, True
+    else:
+        mode = "answer check only (judge: none)" if judge_kind == "none" else f"answer check + {judge_kind} judge"
+        for r in rows:
+            r["judge"], r["kept"] = None, False
+        correct = [r for r in rows if r["correct"]]
+        if judge_kind == "none":
+            for r in correct:
+                r["kept"] = True
+        elif correct:
+            verdicts = _judge(cfg, run_dir / STORE_FILE, correct, tqdm)
+            for r, v in zip(correct, verdicts, strict=True):
+                r["judge"] = v.to_dict()
+                r["kept"] = bool(v.valid and v.parsed)
+
+    n = atomic_write_jsonl(run_dir / FILTERED_FILE, rows)
+    report: dict[str, Any] = {
+        "mode": mode,
+        "judge": judge_kind,
+        "overall": count_outcomes(rows, None)["all"] if rows else dict.fromkeys(OUTCOMES, 0),
+        "by_task": count_outcomes(rows, "task"),
+        "by_style": count_outcomes(rows, "style"),
+    }
+    if any("planted" in r["meta"] for r in rows):
+        report["planted"] = planted_metrics(rows)
+    atomic_write_json(run_dir / REPORT_FILE, report)
+    write_run_meta(run_dir, "filter", cfg, {"summary": {"paths": n, "kept": report["overall"]["kept"]}})
+    _print_summary(report)
+    return report
+
+
+def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) -> list[Any]:
+    from qrdistill.errors import QRDistillError
+    from qrdistill.judges import get_judge
+    from qrdistill.store import Store
+
+    with Store(store_path) as store:
+        judge = get_judge(cfg.filter.judge, store)
+        bar = tqdm(total=len(rows), desc="judge", unit="path", dynamic_ncols=True)
+        try:
+            verdicts = list(judge.judge(rows, progress=bar.update))
+        finally:
+            bar.close()
+            close = getattr(judge, "close", None)
+            if close is not None:
+                close()
+    if len(verdicts) != len(rows):
+        raise QRDistillError(f"judge {cfg.filter.judge.kind!r} returned {len(verdicts)} verdicts for {len(rows)} paths")
+    return verdicts
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    print(f"filter: {report['mode']}")
+    width = max([len(k) for t in (report["by_task"], report["by_style"]) for k in t] + [8])
+
+    def line(name: str, counts: dict[str, int]) -> str:
+        return f"    {name:<{width}}" + "".join(f"{counts[c]:>16}" for c in OUTCOMES)
+
+    print(f"    {'':<{width}}" + "".join(f"{c:>16}" for c in OUTCOMES))
+    for group in ("by_task", "by_style"):
+        print(f"  {group.replace('_', ' ')}:")
+        for name, counts in report[group].items():
+            print(line(name, counts))
+    print(line("overall", report["overall"]))
+    if "planted" in report:
+        p = report["planted"]["overall"]
+
+        def pct(x: float | None) -> str:
+            return "-" if x is None else f"{x:.1%}"
+
+        print(f"  planted defects: precision of kept (clean among kept) {pct(p['precision_clean'])}, "
+              f"recall of clean (kept among clean) {pct(p['recall_clean'])}")

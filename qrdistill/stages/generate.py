@@ -1,0 +1,180 @@
+"""Generate stage: ask the teacher for a reasoning path per question × style × sample.
+
+Every completion goes into `D/store.sqlite` the moment it arrives (see
+`qrdistill.store`), so a killed run resumes without re-asking, and a second
+run of the same config issues no calls at all. `D/paths.jsonl` is rebuilt
+from the store at the end of every run, atomically, in a deterministic order
+(tasks, then questions, styles and samples in config order).
+
+Failed calls. Calls that still fail after the backend's own retries are
+stored as errors. The stage then writes `paths.jsonl` with every path that
+succeeded (it is consistent: each row is a real stored completion) and
+records the shortfall in `D/meta/generate.json` (`failed_calls`), and then
+raises a `QRDistillError` — so the CLI exits non-zero and `qrdistill run`
+stops before training on a silently incomplete pool. Running generate again
+retries only the failed calls. `qrdistill filter` run by hand on such a
+partial pool works on what is there and warns how many paths are missing,
+rather than refusing: the user has already been told, and may want to
+inspect the partial result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from qrdistill.errors import DataError, QRDistillError
+
+log = logging.getLogger(__name__)
+
+PATHS_FILE = "paths.jsonl"
+STORE_FILE = "store.sqlite"
+
+
+def _cap(a: int | None, b: int | None) -> int | None:
+    caps = [x for x in (a, b) if x is not None]
+    return min(caps) if caps else None
+
+
+def build_messages(system_prompt: str | None, user: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user}]
+
+
+def path_meta(record: Any, completion: Any) -> dict[str, Any]:
+    """What downstream stages and analysis need besides the text: difficulty, planted defects, record facts."""
+    meta: dict[str, Any] = {}
+    if "difficulty" in record.meta:
+        meta["difficulty"] = record.meta["difficulty"]
+    if "planted" in (completion.meta or {}):
+        meta["planted"] = completion.meta["planted"]
+    meta["record"] = record.meta
+    if completion.finish_reason:
+        meta["finish_reason"] = completion.finish_reason
+    return meta
+
+
+def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
+    from qrdistill.backends import Request, get_backend
+    from qrdistill.io import atomic_write_jsonl, write_run_meta
+    from qrdistill.store import Store, run_cached
+    from qrdistill.styles import render, resolve_styles
+    from qrdistill.tasks import get_task
+
+    run_dir = Path(run_dir)
+    gen = cfg.generate
+    # Validate everything the user wrote before loading data or asking anyone.
+    styles = resolve_styles(gen.styles, gen.custom_styles)
+    tasks = [get_task(spec.name, f"tasks.{i}.name") for i, spec in enumerate(cfg.tasks)]
+    backend = get_backend(gen.teacher, "generate.teacher")
+
+    loaded = []
+    for i, (spec, task) in enumerate(zip(cfg.tasks, tasks, strict=True)):
+        records = task.load(spec.split, spec.path, limit=_cap(spec.limit, limit))
+        if not records:
+            where = spec.path or f"task {spec.name!r} split {spec.split!r}"
+            raise DataError(f"{where}: no questions to generate for (config field tasks.{i})")
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            dup = next(x for x in ids if ids.count(x) > 1)
+            raise DataError(f"{spec.path or spec.name}: question id {dup!r} appears twice")
+        loaded.append((task, records))
+
+    # (task, record, style, sample, user message, request) in output order.
+    plan = []
+    for task, records in loaded:
+        for record in records:
+            question = task.prompt(record)
+            for style, template in styles.items():
+                user = render(template, question, task.answer_instruction)
+                for k in range(gen.samples_per_style):
+                    req = Request(
+                        messages=build_messages(gen.system_prompt, user),
+                        sample=k,
+                        context={"record": record, "style": style, "task": task.name},
+                    )
+                    plan.append((task, record, style, k, question, user, req))
+
+    n_questions = sum(len(r) for _, r in loaded)
+    log.info("generate: %d questions × %d styles × %d samples = %d paths from %s",
+             n_questions, len(styles), gen.samples_per_style, len(plan), backend.label)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with Store(run_dir / STORE_FILE) as store:
+            got = run_cached(backend, store, [p[-1] for p in plan], "teacher", "generate")
+            usage = store.usage("teacher")
+    finally:
+        backend.close()
+
+    rows = []
+    per_style: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    failed = 0
+    for task, record, style, k, question, user, req in plan:
+        key = backend.key(req)
+        comp = got.get(key)
+        if comp is None:
+            failed += 1
+            continue
+        text = comp.text or ""
+        correct = bool(task.is_correct(text, record))
+        per_style[style][0] += 1
+        per_style[style][1] += int(correct)
+        rows.append({
+            "qid": f"{task.name}/{record.id}",
+            "task": task.name,
+            "style": style,
+            "sample": k,
+            "prompt": user,
+            "question": question,
+            "choices": record.choices,
+            "answer": record.answer,
+            "gold_text": task.gold_text(record),
+            "response": text,
+            "pred": task.extract_answer(text, record),
+            "correct": correct,
+            "teacher": backend.label,
+            "key": key,
+            "meta": path_meta(record, comp),
+        })
+    atomic_write_jsonl(run_dir / PATHS_FILE, rows)
+
+    stats = got.stats
+    summary = {
+        "questions": n_questions,
+        "styles": list(styles),
+        "samples_per_style": gen.samples_per_style,
+        "expected_paths": len(plan),
+        "paths": len(rows),
+        "failed_calls": failed,
+        "teacher": backend.label,
+        "calls_issued": stats["issued"],
+        "calls_cached": stats["cached"],
+        "tokens_this_run": {"prompt": stats["prompt_tokens"], "completion": stats["completion_tokens"]},
+        "usage_total": usage,
+        "accuracy_by_style": {s: round(c / n, 4) if n else None for s, (n, c) in per_style.items()},
+        "paths_file": str(run_dir / PATHS_FILE),
+    }
+    write_run_meta(run_dir, "generate", cfg, {"summary": summary})
+    _print_summary(summary)
+    if failed:
+        err = f" (first error: {stats['first_error']})" if stats.get("first_error") else ""
+        raise QRDistillError(
+            f"{failed} of {len(plan)} teacher calls failed permanently{err}; the {len(rows)} paths that "
+            f"succeeded are stored and written to {run_dir / PATHS_FILE}; run `qrdistill generate` again "
+            f"to retry only the failed calls"
+        )
+    return summary
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"generate: {s['questions']} questions, {s['paths']}/{s['expected_paths']} paths from {s['teacher']}")
+    print(f"  calls: {s['calls_issued']} issued, {s['calls_cached']} cached (already stored), "
+          f"{s['failed_calls']} failed; tokens this run: {s['tokens_this_run']['prompt']} prompt + "
+          f"{s['tokens_this_run']['completion']} completion")
+    if s["accuracy_by_style"]:
+        width = max(len(k) for k in s["accuracy_by_style"])
+        print("  teacher answer accuracy by style:")
+        for style, acc in s["accuracy_by_style"].items():
+            print(f"    {style:<{width}}  {acc:.1%}" if acc is not None else f"    {style:<{width}}  -")
