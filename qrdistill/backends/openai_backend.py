@@ -1,0 +1,374 @@
+"""Any OpenAI-compatible HTTP endpoint (OpenAI, Gemini's compatible endpoint,
+vLLM serve, llama.cpp server, Ollama) through the maintained `openai` client.
+
+Two modes:
+
+- ``chat``: ``/v1/chat/completions`` with the request's messages as they are.
+- ``completions``: ``/v1/completions`` with the messages rendered to one plain
+  prompt by :func:`render_plain_prompt`. Base (non-instruction) models are
+  served this way: under a chat template they often stop at once (llama.cpp
+  serving Gemma-3-270M base returns empty chat content).
+
+Retries are our own loop, not the client's (the client is built with
+``max_retries=0``): the client does not retry a 200 response whose body is not
+valid JSON, and one loop makes the count exact: a request is sent at most
+``max_retries + 1`` times, whatever went wrong. Retried: HTTP 408/409/429/5xx,
+timeouts (``timeout`` seconds for the whole attempt), connection errors and
+unparseable bodies. Every other status (400, 401, 403, 404, 422, ...) fails at
+once. The wait before retry *n* (1-based) is the server's ``Retry-After`` (or
+``retry-after-ms``; seconds or an HTTP date) when given, else an
+exponential backoff ``backoff_base * 2**(n-1)`` with equal jitter (between half
+and all of it); both are capped at ``backoff_max``.
+
+The API key is read from the environment variable named by ``api_key_env`` and
+kept only in the client; it is scrubbed from every error message this module
+produces and is never part of a request key or a stored request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+from qrdistill.backends.base import BACKENDS, Backend, Completion, Request, request_key
+from qrdistill.errors import ConfigError
+
+#: Key sent to a local server when no key variable is set (llama.cpp, vLLM and Ollama ignore it).
+LOCAL_PLACEHOLDER_KEY = "no-key-local-server"
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
+_RETRY_STATUS = {408, 409, 429}
+#: Sampling parameters the OpenAI API names itself; any other request param goes in `extra_body`.
+_STANDARD_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+OnResult = Callable[[Request, Completion], None]
+
+
+def render_plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
+    """Render chat messages to one plain-text prompt for a base model.
+
+    The contents are joined in order by a blank line, without role labels or
+    markup: a base model was trained on none, and the style templates and the
+    judge prompt are written as plain text that reads on its own. A final
+    ``assistant`` message is a prefix the model continues (nothing is appended
+    after it); otherwise the prompt ends where the last message ends, so a
+    prompt ending in ``"VERDICT:"`` is continued with the verdict.
+    """
+    return "\n\n".join(str(m.get("content") or "").strip("\n") for m in messages)
+
+
+def is_local_url(base_url: str | None) -> bool:
+    if not base_url:
+        return False
+    host = (urlparse(base_url).hostname or "").lower()
+    return host in _LOCAL_HOSTS or host.startswith("127.")
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date); None if absent/bad."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class TokenBucket:
+    """Async client-side rate limit: at most `rate` acquisitions per `period` seconds, no burst above `rate`."""
+
+    def __init__(self, rate: float, period: float = 60.0) -> None:
+        self.capacity = float(rate)
+        self.fill_per_s = rate / period
+        self.tokens = float(rate)
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.fill_per_s)
+                self.updated = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                await asyncio.sleep((1.0 - self.tokens) / self.fill_per_s)
+
+
+class _Unparseable(Exception):
+    """A 2xx response whose body is not the JSON completion object we asked for."""
+
+
+def drive_async(
+    run: Callable[[OnResult], Awaitable[None]],
+    on_result: OnResult,
+) -> None:
+    """Run `run(emit)` to completion from sync code, calling `on_result` in the caller's thread.
+
+    Without a running event loop in this thread (scripts, the CLI, pytest) the
+    loop runs right here and `emit` is `on_result` itself. Inside a running
+    loop (Jupyter) a nested `asyncio.run` is impossible, so the loop runs in a
+    worker thread and results come back through a queue to this thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(run(on_result))
+        return
+    results: queue.Queue[Any] = queue.Queue()
+    done = object()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def emit(req: Request, comp: Completion) -> None:
+        if stop.is_set():
+            raise asyncio.CancelledError
+        results.put((req, comp))
+
+    def worker() -> None:
+        try:
+            asyncio.run(run(emit))
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            failure.append(e)
+        finally:
+            results.put(done)
+
+    t = threading.Thread(target=worker, name="qrdistill-openai", daemon=True)
+    t.start()
+    try:
+        while (item := results.get()) is not done:
+            on_result(*item)
+    finally:
+        stop.set()
+        t.join()
+    if failure and not isinstance(failure[0], asyncio.CancelledError):
+        raise failure[0]
+
+
+@BACKENDS.register("openai")
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if not config.model:
+            raise ConfigError(
+                "config field model (generate.teacher.model / filter.judge.backend.model): the openai backend "
+                "needs the served model's name"
+            )
+        self._api_key = self._resolve_api_key()
+        self._rng = random.Random()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _resolve_api_key(self) -> str:
+        c = self.config
+        var = c.api_key_env
+        key = os.environ.get(var) if var else None
+        if key:
+            return key
+        if is_local_url(c.base_url):
+            return LOCAL_PLACEHOLDER_KEY
+        where = c.base_url or "the OpenAI API"
+        if not var:
+            raise ConfigError(
+                f"config field api_key_env is empty but {where} needs an API key: "
+                "name the environment variable that holds it"
+            )
+        raise ConfigError(
+            f"config field api_key_env: environment variable {var} is not set (the key for {where}); "
+            f"export {var}=... (keys are read from the environment only)"
+        )
+
+    def scrub(self, text: str) -> str:
+        """Remove the API key from text that may be logged, stored or shown."""
+        key = self._api_key
+        if key and key != LOCAL_PLACEHOLDER_KEY and key in text:
+            text = text.replace(key, "***")
+        return text
+
+    @property
+    def label(self) -> str:
+        return f"openai[{self.config.mode}]:{self.model}"
+
+    def key(self, req: Request) -> str:
+        # The mode is part of what determines the text (chat template vs plain prompt); the
+        # base_url is not, so a local server restarted on another port keeps its cache.
+        params = {**self.sampling_params(), **req.params, "mode": self.config.mode}
+        return request_key(self.name, self.model, req.messages, params, req.sample)
+
+    def backoff_delay(self, attempt: int, retry_after: float | None) -> float:
+        """Wait before retry `attempt` (1-based): the server's Retry-After if any, else jittered backoff."""
+        c = self.config
+        if retry_after is not None:
+            return min(retry_after, c.backoff_max)
+        nominal = min(c.backoff_max, c.backoff_base * 2 ** (attempt - 1))
+        return nominal / 2 + self._rng.uniform(0, nominal / 2)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        requests: Sequence[Request],
+        on_result: OnResult,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        requests = list(requests)
+        if not requests:
+            return
+
+        async def run(emit: OnResult) -> None:
+            await self._generate_async(requests, emit, progress)
+
+        drive_async(run, on_result)
+
+    async def _generate_async(
+        self, requests: list[Request], emit: OnResult, progress: Callable[[int], None] | None
+    ) -> None:
+        from openai import AsyncOpenAI
+
+        c = self.config
+        # The client lives inside this loop (its connection pool is bound to it); retries are ours.
+        client = AsyncOpenAI(api_key=self._api_key, base_url=c.base_url, timeout=c.timeout, max_retries=0)
+        sem = asyncio.Semaphore(c.max_concurrency)
+        limiter = TokenBucket(c.requests_per_minute) if c.requests_per_minute else None
+
+        async def one(req: Request) -> tuple[Request, Completion]:
+            async with sem:
+                return req, await self._call_with_retries(client, req, limiter)
+
+        tasks = [asyncio.ensure_future(one(r)) for r in requests]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                req, comp = await fut
+                emit(req, comp)
+                if progress is not None:
+                    progress(1)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+
+    async def _call_with_retries(self, client: Any, req: Request, limiter: TokenBucket | None) -> Completion:
+        import openai
+
+        c = self.config
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
+            if limiter is not None:
+                await limiter.acquire()
+            t0 = time.monotonic()
+            try:
+                resp = await asyncio.wait_for(self._send(client, req), timeout=c.timeout)
+                comp = self._to_completion(resp)
+            except openai.APIStatusError as e:
+                status = e.status_code
+                error = f"HTTP {status}: {_short(e.message)}"
+                if not (status in _RETRY_STATUS or status >= 500):
+                    return self._failed(error, attempt, start)
+                retry_after = parse_retry_after(e.response.headers)
+            except (openai.APITimeoutError, asyncio.TimeoutError):
+                error = f"timeout after {c.timeout:g}s"
+            except openai.APIConnectionError as e:
+                error = f"connection error: {_short(str(e.__cause__ or e))}"
+            except (_Unparseable, ValueError) as e:
+                # json.JSONDecodeError is a ValueError: a 200 whose body is not JSON.
+                error = f"unparseable response: {_short(str(e))}"
+            else:
+                comp.attempts = attempt
+                comp.latency = time.monotonic() - t0
+                comp.meta["elapsed"] = round(time.monotonic() - start, 4)
+                return comp
+            if attempt > c.max_retries:
+                return self._failed(f"{error} (gave up after {attempt} attempts)", attempt, start)
+            await asyncio.sleep(self.backoff_delay(attempt, retry_after))
+
+    def _failed(self, error: str, attempts: int, start: float) -> Completion:
+        return Completion(
+            text=None,
+            status="error",
+            error=self.scrub(error),
+            attempts=attempts,
+            latency=time.monotonic() - start,
+        )
+
+    def _params(self, req: Request) -> tuple[dict[str, Any], dict[str, Any]]:
+        merged = {**self.sampling_params(), **req.params}
+        std = {k: merged.pop(k) for k in _STANDARD_PARAMS if k in merged}
+        if not std.get("stop"):
+            std.pop("stop", None)
+        return std, merged
+
+    async def _send(self, client: Any, req: Request) -> Any:
+        std, extra = self._params(req)
+        kwargs: dict[str, Any] = {"model": self.model, **std}
+        if extra:
+            kwargs["extra_body"] = extra
+        if self.config.mode == "chat":
+            return await client.chat.completions.create(messages=req.messages, **kwargs)
+        return await client.completions.create(prompt=render_plain_prompt(req.messages), **kwargs)
+
+    def _to_completion(self, resp: Any) -> Completion:
+        try:
+            choice = resp.choices[0]
+            if self.config.mode == "chat":
+                message = choice.message
+                text = message.content
+                refusal = getattr(message, "refusal", None)
+            else:
+                text = choice.text
+                refusal = None
+            finish = choice.finish_reason
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise _Unparseable(f"no choices in body {_short(repr(resp))}") from None
+        if text is not None and not isinstance(text, str):
+            raise _Unparseable(f"text is {type(text).__name__}, not a string")
+        usage = getattr(resp, "usage", None)
+        meta: dict[str, Any] = {}
+        if refusal:
+            meta["refusal"] = refusal
+        return Completion(
+            # A chat reply may carry no content (a refusal, or a base model that stops at once):
+            # that is an answer, stored as the empty text, not a transport failure to retry.
+            text=text or "",
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            finish_reason=finish,
+            meta=meta,
+        )
+
+
+def _short(text: str, n: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+__all__ = ["OpenAIBackend", "TokenBucket", "drive_async", "is_local_url", "parse_retry_after", "render_plain_prompt"]
