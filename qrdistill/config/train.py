@@ -1,9 +1,242 @@
-"""Config of the train stage (students, router, losses). Owned by the train stage."""
+"""Config of the train stage: students, router, losses, loop. Owned by the train stage.
+
+The baselines are configs of the same loop (`method`), and the paper's
+ablations are switches (`router.enabled`, `lambda_mutual: 0`, `frozen_peer`,
+`single_student`). Fields left unset (`None`) take the method's default, e.g.
+`method: sft` means no router and no collaboration; setting a value that
+contradicts the method is an error naming the field.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+Method = Literal["qrdistill", "sft", "skd", "step_by_step"]
+
+#: Student names become directory names and PEFT adapter names (PEFT keeps
+#: adapters in a ModuleDict, so no dots).
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+#: λ far outside this range means a typo (the paper's values are O(0.1)).
+LAMBDA_MAX = 100.0
+
+
+class LoraConfig(BaseModel):
+    """LoRA adapter of one student (QLoRA on CUDA when the student's `qlora` is true)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: PositiveInt = Field(16, le=1024, description="LoRA rank (the paper uses 32).")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="'all-linear' or module names, e.g. [q_proj, v_proj]."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and (not v or any(not isinstance(m, str) or not m for m in v)):
+            raise ValueError("give 'all-linear' or a non-empty list of module names")
+        return v
+
+
+class StudentConfig(BaseModel):
+    """One student: a causal LM plus its own LoRA adapter and learning rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique name; adapters are saved under train/adapters/<name>/.")
+    model: str = Field(description="HF id, local path, or `gemma3-270m` (bundled).")
+    lr: float = Field(2.0e-4, gt=0, le=1.0, description="Learning rate of this student's LoRA parameters.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    qlora: bool = Field(True, description="Load the base in 4-bit (bitsandbytes) when CUDA is present.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid student name (letters, digits, '_' or '-', at most 64)")
+        return v
+
+
+class RouterConfig(BaseModel):
+    """Conditional routing (eqs. 1-2): frozen path encoder + MLP + Gumbel-Softmax."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(
+        None, description="None = the method's default (on for qrdistill); false = every path to every student."
+    )
+    encoder: str = Field("minilm", description="Path encoder: `minilm` (bundled) or any HF encoder id/path.")
+    hidden: PositiveInt = Field(256, description="Hidden width of the router MLP.")
+    lr: float = Field(1.0e-3, gt=0, le=1.0)
+    tau: float = Field(1.0, gt=0, le=100, description="Gumbel-Softmax temperature (start of the anneal).")
+    tau_end: float = Field(0.5, gt=0, le=100, description="Temperature at the last step when anneal is on.")
+    anneal: bool = Field(True, description="Anneal tau linearly from tau to tau_end over training.")
+
+
+class MutualConfig(BaseModel):
+    """Mutual-student distillation (eqs. 5-8); see docs/method.md for the choices the paper leaves open."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shared_dim: PositiveInt = Field(128, le=8192, description="Width of the shared projection space (eq. 5).")
+    lr: float = Field(1.0e-3, gt=0, le=1.0, description="Learning rate of projections and competence regressors.")
+    detach_target: bool = Field(
+        False, description="Stop gradient through the ensemble target (then γ learns only via its regressors' "
+        "share of the student terms)."
+    )
+    peer_paths: Literal["co_routed", "all"] = Field(
+        "co_routed",
+        description="co_routed: a path's mutual term uses the students it was routed to (the distill forward "
+        "serves both terms); all: every student runs on every path (costs routing's time saving).",
+    )
+
+
+def _fail(msg: str) -> PydanticCustomError:
+    """A validation error whose message is shown as-is (pydantic would prefix ValueErrors)."""
+    return PydanticCustomError("train_config", msg)
 
 
 class TrainConfig(BaseModel):
+    # Field order matters: each validator sees the fields declared above it, so
+    # that every error is attached to (and its YAML line found for) the field at fault.
     model_config = ConfigDict(extra="forbid")
+
+    method: Method = Field(
+        "qrdistill",
+        description="qrdistill (router + entropy + mutual) | sft (answer augmentation: every kept path to every "
+        "student) | skd (one chain-of-thought path per question) | step_by_step (rationale and answer as two "
+        "supervised outputs).",
+    )
+    single_student: bool = Field(False, description="Train exactly one student (no router, no collaboration).")
+    students: list[StudentConfig] = Field(
+        default_factory=lambda: [
+            StudentConfig(name="gemma-a", model="gemma3-270m", lr=3.0e-4,
+                          lora=LoraConfig(r=16, alpha=32, target_modules="all-linear")),
+            StudentConfig(name="gemma-b", model="gemma3-270m", lr=3.0e-4,
+                          lora=LoraConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"])),
+        ],
+        description="S >= 2 students (any causal LMs, possibly different architectures and tokenizers).",
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig, validate_default=True)
+    lambda_entropy: float | None = Field(
+        None, validate_default=True,
+        description="λ1 of eq. 9 (weight of the routing entropy, maximised). None = 0.1 with a router, else 0.",
+    )
+    lambda_mutual: float | None = Field(
+        None, validate_default=True,
+        description="λ2 of eq. 9 (mutual distillation). None = 0.1 for qrdistill, else 0; 0 = w/o collaboration.",
+    )
+    mutual: MutualConfig = Field(default_factory=MutualConfig)
+    frozen_peer: str | None = Field(
+        None, description="Name of a student whose parameters stay fixed (it still feeds the ensemble)."
+    )
+    epochs: PositiveInt = Field(1, le=1000)
+    max_steps: PositiveInt | None = Field(
+        None, description="Optimizer steps to run; overrides epochs (the data is cycled as needed)."
+    )
+    batch_size: PositiveInt = Field(4, le=4096, description="Paths per device per micro-batch.")
+    grad_accum: PositiveInt = Field(1, le=1024, description="Micro-batches per optimizer step.")
+    max_length: PositiveInt = Field(
+        192, ge=16, description="Tokens per path (prompt truncated from the left first, then the response end)."
+    )
+    answer_weight: float = Field(
+        1.0, ge=0, le=1000, description="Loss weight of the final-answer line's tokens relative to the rest."
+    )
+    data_fraction: float = Field(
+        1.0, gt=0, le=1, description="Fraction of training QUESTIONS kept (seeded), for the sample-efficiency sweep."
+    )
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup share of the steps, then decay.")
+    scheduler: Literal["linear", "constant_with_warmup", "cosine"] = "linear"
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast on GPU (accelerate).")
+    checkpoint_every: PositiveInt = Field(50, description="Optimizer steps between checkpoints (plus the last).")
+    keep_checkpoints: PositiveInt = Field(2, description="Most recent checkpoints kept on disk.")
+    log_every: PositiveInt = Field(1, description="Optimizer steps between log.jsonl rows.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="tensorboard writes train/tb/; others go through accelerate's log_with.",
+    )
+
+    @staticmethod
+    def _joint(info: ValidationInfo) -> tuple[bool, str]:
+        single = info.data.get("single_student", False)
+        method = info.data.get("method", "qrdistill")
+        return method == "qrdistill" and not single, ("single_student" if single else f"method {method}")
+
+    @field_validator("students")
+    @classmethod
+    def _students(cls, v: list[StudentConfig], info: ValidationInfo) -> list[StudentConfig]:
+        n = len(v)
+        if info.data.get("single_student"):
+            if n != 1:
+                raise _fail(f"single_student: true trains exactly one student, {n} given")
+        elif n < 2:
+            raise _fail(
+                f"QR-Distill trains S >= 2 students jointly, {n} given (set train.single_student: true to train one)"
+            )
+        seen: dict[str, int] = {}
+        for i, s in enumerate(v):
+            if s.name in seen:
+                raise _fail(f"students {seen[s.name]} and {i} are both named {s.name!r}; names must be unique")
+            seen[s.name] = i
+        return v
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, v: RouterConfig, info: ValidationInfo) -> RouterConfig:
+        joint, why = cls._joint(info)
+        v = v.model_copy()
+        if v.enabled is None:
+            v.enabled = joint
+        elif v.enabled and not joint:
+            raise _fail(f"{why} trains without a router; remove router.enabled or set it false")
+        if v.anneal and v.tau_end > v.tau:
+            raise _fail(f"annealing lowers tau, but tau_end {v.tau_end} > tau {v.tau}")
+        return v
+
+    @field_validator("lambda_entropy", "lambda_mutual")
+    @classmethod
+    def _lambda(cls, v: float | None, info: ValidationInfo) -> float:
+        which = "λ1 (routing entropy)" if info.field_name == "lambda_entropy" else "λ2 (mutual distillation)"
+        if v is not None and (math.isnan(v) or v < 0 or v > LAMBDA_MAX):
+            raise _fail(f"{which} must be in [0, {LAMBDA_MAX:g}], got {v}")
+        router = info.data.get("router")
+        if info.field_name == "lambda_entropy":
+            on = bool(router and router.enabled)
+            if v is None:
+                return 0.1 if on else 0.0
+            if v > 0 and not on:
+                raise _fail("the entropy term regularises the router, which is disabled; must be 0")
+            return v
+        joint, why = cls._joint(info)
+        if v is None:
+            return 0.1 if joint else 0.0
+        if v > 0 and not joint:
+            raise _fail(f"{why} trains without collaboration; must be 0")
+        return v
+
+    @field_validator("frozen_peer")
+    @classmethod
+    def _frozen(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or "students" not in info.data:  # a students error is already reported
+            return v
+        names = [s.name for s in info.data["students"]]
+        if v not in names:
+            raise _fail(f"{v!r} names no student (students: {', '.join(names)})")
+        if len(names) < 2:
+            raise _fail("freezing the only student leaves nothing to train")
+        return v
+
+    @property
+    def student_names(self) -> list[str]:
+        return [s.name for s in self.students]
