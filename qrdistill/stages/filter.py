@@ -180,13 +180,21 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
     from qrdistill.judges import get_judge
     from qrdistill.store import Store
 
+    bars: list[Any] = []
+
+    def progress(n: int = 1) -> None:
+        # Created on first use: a judge that reports through run_cached shows that bar instead.
+        if not bars:
+            bars.append(tqdm(total=len(rows), desc="judge", unit="path", dynamic_ncols=True))
+        bars[0].update(n)
+
     with Store(store_path) as store:
         judge = get_judge(cfg.filter.judge, store)
-        bar = tqdm(total=len(rows), desc="judge", unit="path", dynamic_ncols=True)
         try:
-            verdicts = list(judge.judge(rows, progress=bar.update))
+            verdicts = list(judge.judge(rows, progress=progress))
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
             close = getattr(judge, "close", None)
             if close is not None:
                 close()

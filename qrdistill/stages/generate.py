@@ -68,7 +68,6 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
     # Validate everything the user wrote before loading data or asking anyone.
     styles = resolve_styles(gen.styles, gen.custom_styles)
     tasks = [get_task(spec.name, f"tasks.{i}.name") for i, spec in enumerate(cfg.tasks)]
-    backend = get_backend(gen.teacher, "generate.teacher")
 
     loaded = []
     for i, (spec, task) in enumerate(zip(cfg.tasks, tasks, strict=True)):
@@ -81,6 +80,7 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
             dup = next(x for x in ids if ids.count(x) > 1)
             raise DataError(f"{spec.path or spec.name}: question id {dup!r} appears twice")
         loaded.append((task, records))
+    backend = get_backend(gen.teacher, "generate.teacher")
 
     # (task, record, style, sample, user message, request) in output order.
     plan = []
