@@ -1,9 +1,55 @@
-"""Config of the evaluate stage. Owned by the evaluate stage."""
+"""Config of the evaluate stage (zero-shot CoT evaluation of base and trained students)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from qrdistill.config.generate import TaskSpec
+
+
+class EvalTaskSpec(TaskSpec):
+    """A task to evaluate on; the split defaults to `test`."""
+
+    split: str = Field("test", description="Split to evaluate on.")
 
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    tasks: list[EvalTaskSpec] | None = Field(
+        None,
+        description="Tasks and splits to evaluate on; None = the `test` split of every task in `tasks`.",
+    )
+    students: Literal["auto", "base", "trained", "all"] = Field(
+        "auto",
+        description=(
+            "Which models to evaluate. base: each unique base model of train.students (the zero-shot "
+            "baseline); trained: the adapters the train stage saved (error if it has not run); all: both "
+            "(error if untrained); auto: base models, plus the adapters when the train stage has run."
+        ),
+    )
+    limit: PositiveInt | None = Field(None, description="Evaluate the first N test questions of each task.")
+    batch_size: PositiveInt = Field(8, description="Questions generated at once (left-padded greedy decoding).")
+    max_new_tokens: PositiveInt = Field(256, description="Generation limit per answer.")
+    stop_at_answer: bool = Field(
+        True,
+        description=(
+            "Stop a sequence once its final-answer line (`The answer is ...`) is complete or it starts a "
+            "new `Question:`; base models otherwise ramble until max_new_tokens."
+        ),
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = float32 on CPU (bf16 is slower there), bfloat16 on CUDA."
+    )
+    bootstrap_resamples: PositiveInt = Field(1000, description="Resamples for the accuracy confidence interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _non_empty(cls, v: list[EvalTaskSpec] | None) -> list[EvalTaskSpec] | None:
+        if v is not None and not v:
+            raise ValueError("give at least one task, or leave evaluate.tasks unset for the test splits of `tasks`")
+        return v

@@ -1,0 +1,1 @@
+"""Evaluation helpers: batched greedy generation and accuracy statistics."""

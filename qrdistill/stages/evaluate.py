@@ -1,0 +1,419 @@
+"""Evaluate stage: zero-shot chain-of-thought accuracy of base and trained students.
+
+Every student answers each test question with the prompt training used
+(`qrdistill.prompting.student_prompt`), by batched greedy decoding; the
+task's own `is_correct` (the filter's check) scores it. Artifacts:
+
+- D/eval/<student>/<task>.jsonl: one prediction per question (qid, prompt,
+  output, pred, correct, gold, logprob{sum, mean}, n_tokens, key). Rows are
+  appended batch by batch; a rerun skips rows whose key (model, adapter,
+  prompt, generation settings) still matches, so nothing is generated twice.
+- D/eval/summary.json and summary.md: accuracy with a bootstrap interval per
+  student x task, the ensemble pick of the trained students (and of the base
+  models), and the task's answer-free shortcut baselines when it has them.
+
+Students are named `<name>` (a trained adapter from D/train/adapters/<name>)
+and `base:<model>` (each unique base model of train.students once: the
+zero-shot baseline). Adapters on the same base share one loaded model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qrdistill.errors import ConfigError, DataError, MissingArtifactError
+from qrdistill.io import atomic_write_json, atomic_write_text, read_json, write_run_meta
+
+log = logging.getLogger(__name__)
+
+BASE_PREFIX = "base:"
+
+
+@dataclass
+class EvalTask:
+    label: str
+    task: Any
+    records: list[Any]
+
+
+@dataclass
+class EvalTarget:
+    """One model to evaluate: a base model, or a base plus a trained adapter."""
+
+    key: str
+    model: str
+    adapter: Path | None = None
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "trained" if self.adapter is not None else "base"
+
+
+def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    ecfg = cfg.evaluate
+    limit = limit if limit is not None else ecfg.limit
+    tasks = load_eval_tasks(cfg, limit)
+    targets, note = select_targets(cfg, run_dir)
+    if note:
+        log.info(note)
+    method = train_method(run_dir)
+    write_run_meta(run_dir, "evaluate", cfg, {"students": [t.key for t in targets], "method": method})
+
+    from qrdistill.evaluation.generation import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+    from qrdistill.models import resolve_model
+
+    device = resolve_device(ecfg.device)
+    dtype = resolve_dtype(ecfg.dtype, device)
+    predictions: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    by_model: dict[str, list[EvalTarget]] = {}
+    for t in targets:
+        by_model.setdefault(t.model, []).append(t)
+    for model_name, group in by_model.items():
+        pending = [t for t in group if any(_missing(run_dir, t, et, ecfg) for et in tasks)]
+        for t in group:
+            if t not in pending:
+                predictions[t.key] = {et.label: _load_predictions(run_dir, t, et, ecfg) for et in tasks}
+        if not pending:
+            continue
+        path = resolve_model(model_name)
+        try:
+            tokenizer = load_tokenizer(path)
+            model = load_causal_lm(path, device, dtype)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"train.students: cannot load model {model_name!r} ({e})") from None
+        # The base goes first: wrapping it in PEFT injects LoRA layers into the same module tree.
+        pending.sort(key=lambda t: t.adapter is not None)
+        peft_model = None
+        for t in pending:
+            if t.adapter is not None:
+                peft_model = _activate_adapter(model, peft_model, t)
+            active = peft_model if t.adapter is not None else model
+            predictions[t.key] = {et.label: _evaluate(run_dir, t, et, ecfg, active, tokenizer) for et in tasks}
+        del model, peft_model
+
+    summary = summarize(cfg, run_dir, tasks, targets, predictions, method, note)
+    atomic_write_json(run_dir / "eval" / "summary.json", summary)
+    atomic_write_text(run_dir / "eval" / "summary.md", summary_markdown(summary))
+    log.info("evaluation summary: %s", run_dir / "eval" / "summary.md")
+    return summary
+
+
+# ---------------------------------------------------------------- what to evaluate
+
+
+def load_eval_tasks(cfg: Any, limit: int | None) -> list[EvalTask]:
+    from qrdistill.tasks import get_task
+
+    specs = cfg.evaluate.tasks
+    where = "evaluate.tasks"
+    if specs is None:
+        from qrdistill.config.evaluate import EvalTaskSpec
+
+        specs = [EvalTaskSpec(name=s.name, path=s.path) for s in cfg.tasks]
+        where = "tasks"
+    names = [s.name for s in specs]
+    out = []
+    for i, spec in enumerate(specs):
+        task = get_task(spec.name, f"{where}.{i}.name")
+        splits = getattr(task, "split_names", None) or task.splits
+        if spec.split not in splits:
+            hint = "" if cfg.evaluate.tasks is not None else "; set evaluate.tasks to choose what to test on"
+            raise ConfigError(
+                f"{where}.{i}: task {spec.name!r} has no {spec.split!r} split to evaluate on "
+                f"(it offers: {', '.join(splits)}){hint}"
+            )
+        n = spec.limit if spec.limit is not None else limit
+        if spec.limit is not None and limit is not None:
+            n = min(spec.limit, limit)
+        records = task.load(spec.split, spec.path, n)
+        if not records:
+            raise DataError(f"{where}.{i}: task {spec.name!r} has no questions in split {spec.split!r}")
+        label = spec.name if names.count(spec.name) == 1 else f"{spec.name}-{spec.split}-{i}"
+        out.append(EvalTask(label, task, records))
+    return out
+
+
+def select_targets(cfg: Any, run_dir: Path) -> tuple[list[EvalTarget], str | None]:
+    """Base models and/or trained adapters per `evaluate.students`; a note when training is absent."""
+    students = list(cfg.train.students)
+    which = cfg.evaluate.students
+    adapters_dir = run_dir / "train" / "adapters"
+    found = {s.name: adapter_dir(adapters_dir / s.name) for s in students}
+    missing = [name for name, d in found.items() if d is None]
+    note = None
+    trained: list[EvalTarget] = []
+    if which in ("trained", "all"):
+        if missing:
+            raise MissingArtifactError(
+                f"no trained adapter for student(s) {', '.join(missing)} under {adapters_dir} "
+                f"(evaluate.students={which}): run `qrdistill train` first"
+            )
+    if which in ("trained", "all") or (which == "auto" and not missing):
+        trained = [EvalTarget(s.name, s.model, found[s.name]) for s in students]
+    elif which == "auto":
+        note = (
+            f"the train stage has not run (no adapters under {adapters_dir}): "
+            "evaluating the base students only (the zero-shot baseline)"
+        )
+    base: list[EvalTarget] = []
+    if which in ("base", "all", "auto"):
+        for s in students:
+            key = BASE_PREFIX + s.model
+            if all(b.key != key for b in base):
+                base.append(EvalTarget(key, s.model))
+            next(b for b in base if b.key == key).members.append(s.name)
+    return base + trained, note
+
+
+def adapter_dir(path: Path) -> Path | None:
+    """The folder holding adapter_config.json: `path` itself or, as PEFT saves a named
+    adapter, `path/<name>`."""
+    if (path / "adapter_config.json").exists():
+        return path
+    if path.is_dir():
+        for sub in sorted(path.iterdir()):
+            if (sub / "adapter_config.json").exists():
+                return sub
+    return None
+
+
+def train_method(run_dir: Path) -> str:
+    p = run_dir / "train" / "summary.json"
+    if p.exists():
+        return str(read_json(p).get("method", "unknown"))
+    return "zero_shot"
+
+
+def _activate_adapter(base_model: Any, peft_model: Any, target: EvalTarget) -> Any:
+    from peft import PeftModel
+
+    name = target.key
+    if peft_model is None:
+        peft_model = PeftModel.from_pretrained(base_model, str(target.adapter), adapter_name=name)
+    elif name not in peft_model.peft_config:
+        peft_model.load_adapter(str(target.adapter), adapter_name=name)
+    peft_model.set_adapter(name)
+    peft_model.eval()
+    return peft_model
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def student_dirname(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_") or "student"
+
+
+def predictions_path(run_dir: Path, key: str, task_label: str) -> Path:
+    return run_dir / "eval" / student_dirname(key) / f"{task_label}.jsonl"
+
+
+def _prompt(et: EvalTask, record: Any) -> str:
+    from qrdistill.prompting import student_prompt
+
+    return student_prompt(et.task, et.task.prompt(record))
+
+
+def _row_key(target: EvalTarget, prompt: str, ecfg: Any) -> str:
+    """Identifies what produced a prediction, so a changed adapter or setting regenerates it."""
+    adapter = ""
+    if target.adapter is not None:
+        weights = sorted(target.adapter.glob("adapter_model.*"))
+        adapter = ";".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+    blob = json.dumps([target.model, adapter, prompt, ecfg.max_new_tokens, ecfg.stop_at_answer])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_saved(path: Path) -> list[dict[str, Any]]:
+    """Saved rows; a line torn by a kill (the last one) is dropped, any other bad line is an error."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                log.warning("%s:%d: dropping a partly written line (interrupted run)", path, i)
+                continue
+            raise DataError(f"{path}:{i}: malformed JSON; delete the file to re-evaluate") from None
+    return rows
+
+
+def _valid_saved(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any) -> dict[str, dict[str, Any]]:
+    rows = {str(r.get("qid")): r for r in _read_saved(predictions_path(run_dir, t.key, et.label))}
+    out = {}
+    for rec in et.records:
+        r = rows.get(rec.id)
+        if r is not None and r.get("key") == _row_key(t, _prompt(et, rec), ecfg):
+            out[rec.id] = r
+    return out
+
+
+def _missing(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any) -> bool:
+    return len(_valid_saved(run_dir, t, et, ecfg)) < len(et.records)
+
+
+def _load_predictions(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any) -> list[dict[str, Any]]:
+    saved = _valid_saved(run_dir, t, et, ecfg)
+    return [saved[r.id] for r in et.records]
+
+
+def _evaluate(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any, model: Any, tokenizer: Any):
+    from qrdistill.evaluation.generation import generate_greedy
+
+    path = predictions_path(run_dir, t.key, et.label)
+    saved = _valid_saved(run_dir, t, et, ecfg)
+    # Rewrite without stale rows so the file holds exactly one current row per question.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in saved.values()))
+    todo = [r for r in et.records if r.id not in saved]
+    if todo:
+        log.info("%s on %s: %d of %d questions to answer", t.key, et.label, len(todo), len(et.records))
+        prompts = [_prompt(et, r) for r in todo]
+
+        def save(indices: list[int], gens: list[Any]) -> None:
+            with path.open("a", encoding="utf-8") as f:
+                for i, g in zip(indices, gens, strict=True):
+                    row = prediction_row(et, todo[i], prompts[i], g, _row_key(t, prompts[i], ecfg))
+                    saved[row["qid"]] = row
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        generate_greedy(
+            model, tokenizer, prompts, ecfg.batch_size, ecfg.max_new_tokens, ecfg.stop_at_answer,
+            on_batch=save, desc=f"{t.key} {et.label}",
+        )
+    return [saved[r.id] for r in et.records]
+
+
+def prediction_row(et: EvalTask, record: Any, prompt: str, gen: Any, key: str) -> dict[str, Any]:
+    return {
+        "qid": record.id,
+        "prompt": prompt,
+        "output": gen.output,
+        "pred": et.task.extract_answer(gen.output, record),
+        "correct": bool(et.task.is_correct(gen.output, record)),
+        "gold": et.task.gold_text(record),
+        "logprob": {"sum": gen.logprob_sum, "mean": gen.logprob_mean},
+        "n_tokens": gen.n_tokens,
+        "difficulty": record.meta.get("difficulty"),
+        "key": key,
+    }
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[str, Any]:
+    from qrdistill.evaluation.metrics import accuracy_summary, ensemble_pick
+
+    ecfg = cfg.evaluate
+
+    def acc(correct: list[bool]) -> dict[str, Any]:
+        return accuracy_summary(correct, ecfg.bootstrap_resamples, ecfg.confidence, cfg.seed)
+
+    students = {}
+    for t in targets:
+        per_task = {et.label: acc([r["correct"] for r in predictions[t.key][et.label]]) for et in tasks}
+        students[t.key] = {
+            "kind": t.kind,
+            "model": t.model,
+            "adapter": str(t.adapter) if t.adapter else None,
+            "members": t.members or None,
+            "tasks": per_task,
+            "average": _average(per_task),
+        }
+    ensembles = {}
+    for label, group in (("ensemble", [t for t in targets if t.adapter is not None]),
+                         ("ensemble:base", [t for t in targets if t.adapter is None])):
+        if len(group) < 2:
+            continue
+        per_task, chosen = {}, {}
+        for et in tasks:
+            picks = ensemble_pick({t.key: predictions[t.key][et.label] for t in group})
+            per_task[et.label] = acc([p["correct"] for p in picks])
+            chosen[et.label] = {t.key: sum(p["student"] == t.key for p in picks) for t in group}
+        ensembles[label] = {"members": [t.key for t in group], "tasks": per_task,
+                            "average": _average(per_task), "picked": chosen}
+    shortcuts = {}
+    for et in tasks:
+        fn = _shortcut_fn(et.task)
+        if fn is not None:
+            values = fn(et.records)
+            if values:
+                shortcuts[et.label] = values
+    return {
+        "run_dir": str(run_dir),
+        "method": method,
+        "note": note,
+        "tasks": {et.label: {"name": et.task.name, "n": len(et.records)} for et in tasks},
+        "students": students,
+        "ensembles": ensembles,
+        "shortcut_baselines": shortcuts,
+        "settings": {
+            "max_new_tokens": ecfg.max_new_tokens, "batch_size": ecfg.batch_size,
+            "stop_at_answer": ecfg.stop_at_answer, "bootstrap_resamples": ecfg.bootstrap_resamples,
+            "confidence": ecfg.confidence, "seed": cfg.seed,
+        },
+    }
+
+
+def _average(per_task: dict[str, dict[str, Any]]) -> float | None:
+    vals = [v["accuracy"] for v in per_task.values() if v["n"]]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _shortcut_fn(task: Any):
+    fn = getattr(task, "shortcut_baselines", None)
+    if fn is not None:
+        return fn
+    if type(task).__module__ == "qrdistill.tasks.procedural":
+        from qrdistill.tasks import procedural
+
+        return getattr(procedural, "shortcut_baselines", None)
+    return None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    tasks = list(summary["tasks"])
+    conf = int(round(100 * summary["settings"]["confidence"]))
+    lines = [
+        f"# Evaluation: {summary['run_dir']} (method: {summary['method']})",
+        "",
+        f"Zero-shot chain-of-thought, greedy decoding; accuracy % with a {conf}% bootstrap interval "
+        f"({summary['settings']['bootstrap_resamples']} resamples).",
+        "",
+    ]
+    if summary.get("note"):
+        lines += [f"Note: {summary['note']}.", ""]
+    lines.append("| student | " + " | ".join(tasks) + " | average |")
+    lines.append("|---" * (len(tasks) + 2) + "|")
+    rows = list(summary["students"].items()) + list(summary["ensembles"].items())
+    for key, s in rows:
+        cells = []
+        for t in tasks:
+            a = s["tasks"][t]
+            cells.append(f"{_pct(a['accuracy'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}] (n={a['n']})")
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {_pct(s['average'])} |")
+    if summary["ensembles"]:
+        lines += ["", "Ensemble: per question, the answer of the student with the higher mean token "
+                  "log-probability of its own output."]
+    for t, values in summary["shortcut_baselines"].items():
+        lines += ["", f"Shortcut baselines on {t} (answer-free; accuracy %): "
+                  + ", ".join(f"{k} {_pct(v)}" for k, v in values.items())]
+    return "\n".join(lines) + "\n"
