@@ -50,5 +50,6 @@ class ARCChallenge(DatasetTask, MultipleChoiceTask):
         qid = f"arc-{row.get('id', default=f'{split}-{index:05d}')}"
         gold = labels.index(key)
         choices, letter = shuffle_options(qid, texts, gold)
-        return Record(id=qid, question=stem.strip(), answer=letter, choices=choices,
-                      meta={"answer_text": texts[gold]})
+        return Record(
+            id=qid, question=stem.strip(), answer=letter, choices=choices, meta={"answer_text": texts[gold]}
+        )

@@ -36,7 +36,7 @@ def _scored_options(row: Row) -> tuple[list[str], int]:
             raise row.error("field 'target_scores' must be a non-empty object of option -> score")
         options, values = [str(k) for k in scores], list(scores.values())
     else:
-        options = [str(x) for x in row.get("multiple_choice_targets", "target_scores")]
+        options = [str(x) for x in row.get("target_scores", "multiple_choice_targets")]
         values = list(row.get("multiple_choice_scores"))
         if len(values) != len(options):
             raise row.error("multiple_choice_targets and multiple_choice_scores differ in length")
@@ -66,8 +66,15 @@ class DateUnderstanding(_BigBenchTask, MultipleChoiceTask):
             options, gold = _scored_options(row)
             qid = content_id("date", question + "\0" + "\0".join(sorted(options)), seen)
             choices, letter = shuffle_options(qid, options, gold)
-            out.append(Record(id=qid, question=question, answer=letter, choices=choices,
-                              meta={"answer_text": options[gold]}))
+            out.append(
+                Record(
+                    id=qid,
+                    question=question,
+                    answer=letter,
+                    choices=choices,
+                    meta={"answer_text": options[gold]},
+                )
+            )
         return out
 
     def split_key(self, record: Record) -> str:
@@ -118,8 +125,12 @@ class StrategyQA(_BigBenchTask, YesNoTask):
             explanation = re.sub(r"^\s*(yes|no)\b[.,:]?\s*", "", target, flags=re.IGNORECASE).strip()
             if explanation:
                 meta["explanation"] = explanation
-        return Record(id=content_id("strategyqa", normalize_text(question), seen), question=question,
-                      answer=answer, meta=meta)
+        return Record(
+            id=content_id("strategyqa", normalize_text(question), seen),
+            question=question,
+            answer=answer,
+            meta=meta,
+        )
 
     def split_key(self, record: Record) -> str:
         return normalize_text(record.question)

@@ -37,7 +37,9 @@ _GSM_HASH_RE = re.compile(r"####[ \t]*(.+)")
 _LETTER_SPAN_RE = re.compile(r"^\(?([A-Z])(?:\)|(?=[\s.,:;!]|$))")
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 _BOLD_LETTER_RE = re.compile(r"\*\*\(?([A-Z])\)?[.:]?\*\*")
-_LINE_LETTER_RE = re.compile(r"^[ \t*]*(?:option[ \t]+)?\(?([A-Z])\)?[.:]?[ \t*]*\.?[ \t]*$", re.MULTILINE | re.IGNORECASE)
+_LINE_LETTER_RE = re.compile(
+    r"^[ \t*]*(?:option[ \t]+)?\(?([A-Z])\)?[.:]?[ \t*]*\.?[ \t]*$", re.MULTILINE | re.IGNORECASE
+)
 _DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
 _YES_NO_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\w.])-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\$?\.\d+")
@@ -70,7 +72,7 @@ def normalize_date(s: str) -> str | None:
 
 
 def normalize_number(s: str) -> str | None:
-    """"$1,000.00" -> "1000", "-3.50" -> "-3.5"; None if `s` is not a plain number."""
+    """ "$1,000.00" -> "1000", "-3.50" -> "-3.5"; None if `s` is not a plain number."""
     s = s.strip().strip(_MARKUP).rstrip(".").replace("$", "").replace(",", "").replace(" ", "")
     try:
         d = Decimal(s)
@@ -99,7 +101,7 @@ def strict_span(text: str) -> str | None:
     """
     best: tuple[int, str] | None = None
     for m in _STRICT_RE.finditer(text):
-        rest = text[m.end():]
+        rest = text[m.end() :]
         line = rest.split("\n", 1)[0]
         if not line.strip(_MARKUP + ".:"):
             # "The answer is:\n(B)" -- the answer sits on the next non-empty line.
@@ -138,7 +140,7 @@ def last_boxed(text: str) -> str | None:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j].strip()
+                return text[i + 1 : j].strip()
     return None
 
 
@@ -165,7 +167,9 @@ def _option_in_span(span: str, choices: list[str]) -> int | None:
 
 def _choice_from_span(span: str, choices: list[str]) -> str | None:
     valid = letters(len(choices))
-    exact = [i for i, c in enumerate(choices) if normalize_text(c) and normalize_text(c) == normalize_text(span)]
+    exact = [
+        i for i, c in enumerate(choices) if normalize_text(c) and normalize_text(c) == normalize_text(span)
+    ]
     if exact:
         return valid[exact[0]]
     m = _LETTER_SPAN_RE.match(span)
@@ -173,7 +177,7 @@ def _choice_from_span(span: str, choices: list[str]) -> str | None:
     if letter is not None:
         # "(B) 05/01/2021": the stated option text wins over the letter when they disagree,
         # since the text is what the response computed and the letter only a lookup.
-        after = span[m.end():]
+        after = span[m.end() :]
         idx = _option_in_span(after, choices) if after.strip(_MARKUP + ".") else None
         return valid[idx] if idx is not None else letter
     idx = _option_in_span(span, choices)
@@ -203,7 +207,9 @@ def extract_choice(text: str, choices: list[str]) -> str | None:
     cands: list[tuple[int, str]] = []
     for rx in (_PAREN_LETTER_RE, _BOLD_LETTER_RE):
         cands += [(m.end(), m.group(1)) for m in rx.finditer(text) if m.group(1) in valid]
-    cands += [(m.end(), m.group(1).upper()) for m in _LINE_LETTER_RE.finditer(text) if m.group(1).upper() in valid]
+    cands += [
+        (m.end(), m.group(1).upper()) for m in _LINE_LETTER_RE.finditer(text) if m.group(1).upper() in valid
+    ]
     for i, c in enumerate(choices):
         pat = _option_pattern(c)
         if pat is not None:
@@ -221,7 +227,7 @@ def _option_pattern(option: str) -> re.Pattern[str] | None:
         return None
     parts, last = [], 0
     for m in _DATE_RE.finditer(words):
-        parts.append(re.escape(words[last:m.start()]))
+        parts.append(re.escape(words[last : m.start()]))
         parts.append(rf"0?{int(m.group(1))}/0?{int(m.group(2))}/{m.group(3)}")
         last = m.end()
     parts.append(re.escape(words[last:]))
@@ -238,7 +244,7 @@ def check_choice(text: str, record: Record) -> bool:
 
 
 def extract_yes_no(text: str) -> str | None:
-    """"Yes" / "No" from the strict span's first word, else the last yes/no in the text."""
+    """ "Yes" / "No" from the strict span's first word, else the last yes/no in the text."""
     span = strict_span(text)
     if span:
         first = re.split(r"[\s,.;:!()]+", span.strip(_MARKUP + "(["), maxsplit=1)[0]

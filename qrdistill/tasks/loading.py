@@ -113,8 +113,10 @@ def _json_rows(path: Path) -> list[Row]:
     elif isinstance(top, dict):
         key = next((k for k in _LIST_KEYS if isinstance(top.get(k), list)), None)
         if key is None:
-            raise DataError(f"{path}:1: expected a JSON list of questions or an object with a list under "
-                            f"{' / '.join(_LIST_KEYS)}")
+            raise DataError(
+                f"{path}:1: expected a JSON list of questions or an object with a list under "
+                f"{' / '.join(_LIST_KEYS)}"
+            )
         items, start = top[key], _find_list_start(text, key)
     else:
         raise DataError(f"{path}:1: expected a JSON list or object, got {type(top).__name__}")
@@ -227,7 +229,7 @@ def hub_rows(hub_id: str, config: str | None, split: str) -> list[Row]:
 
 
 def hash_split(key: str) -> str:
-    """"train" or "test" for a question, from a salted hash of its content (about
+    """ "train" or "test" for a question, from a salted hash of its content (about
     TEST_FRACTION of questions go to test)."""
     h = int.from_bytes(hashlib.sha256(f"{SPLIT_SALT}\0{key}".encode()).digest()[:8], "big")
     return "test" if h / 2**64 < TEST_FRACTION else "train"
@@ -277,14 +279,15 @@ class DatasetTask(Task):
         questions must land in the same split)."""
         return record.id
 
-
     @property
     def split_names(self) -> tuple[str, ...]:
         return tuple(self.native_splits) if self.native_splits else ("train", "test")
 
     def load(self, split: str = "train", path: str | None = None, limit: int | None = None) -> list[Record]:
         if split not in self.split_names:
-            raise DataError(f"task {self.name!r} has no split {split!r} (splits: {', '.join(self.split_names)})")
+            raise DataError(
+                f"task {self.name!r} has no split {split!r} (splits: {', '.join(self.split_names)})"
+            )
         if path is None:
             source = self.hub_id
             rows = self._hub(split)
@@ -294,7 +297,9 @@ class DatasetTask(Task):
         if self.native_splits:
             records = self.records_from_rows(rows, split)
         else:
-            records = [r for r in self.records_from_rows(rows, split) if hash_split(self.split_key(r)) == split]
+            records = [
+                r for r in self.records_from_rows(rows, split) if hash_split(self.split_key(r)) == split
+            ]
         if not records:
             raise DataError(f"{source}: no questions in split {split!r} of task {self.name!r}")
         _check_unique(records, source)

@@ -21,7 +21,7 @@ SUBJECTS = (
 
 
 def _level(row: Row) -> int | None:
-    """"Level 3" / 3 -> 3; the few "Level ?" problems -> None."""
+    """ "Level 3" / 3 -> 3; the few "Level ?" problems -> None."""
     raw = row.get("level", default=None)
     if isinstance(raw, int):
         return raw

@@ -1,0 +1,280 @@
+"""Unit tests of answer extraction and checking (qrdistill.tasks.extract)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from qrdistill.tasks.base import Record
+from qrdistill.tasks.extract import (
+    check_choice,
+    check_date,
+    check_math,
+    check_number,
+    check_yes_no,
+    extract_choice,
+    extract_date,
+    extract_math,
+    extract_number,
+    extract_yes_no,
+    last_boxed,
+    math_equal,
+    normalize_number,
+    normalize_text,
+    strict_span,
+)
+
+DATES = ["05/02/2021", "05/01/2021", "04/29/2021", "05/09/2021"]
+
+
+def mc(answer: str = "B", choices: list[str] | None = None) -> Record:
+    choices = choices or DATES
+    return Record(
+        id="q", question="?", answer=answer, choices=choices, meta={"answer_text": choices[ord(answer) - 65]}
+    )
+
+
+# ---------------------------------------------------------------- strict vs flexible
+
+
+def test_strict_phrase_beats_earlier_letters():
+    text = "I first thought (A) 05/02/2021, then (B). The answer is (C) 04/29/2021."
+    assert extract_choice(text, DATES) == "C"
+
+
+def test_strict_phrase_beats_later_letters():
+    # The committed answer wins even when other letters follow it.
+    text = "The answer is (C).\n\nNote: (A) and (B) are wrong because ..."
+    assert extract_choice(text, DATES) == "C"
+
+
+def test_last_strict_phrase_wins():
+    text = "One might say the answer is (A). But checking again, the final answer is **(D)**."
+    assert extract_choice(text, DATES) == "D"
+
+
+def test_flexible_takes_last_letter_without_strict_phrase():
+    assert extract_choice("Compare (A) with (B); clearly (D) fits.", DATES) == "D"
+    assert extract_choice("Thinking... so it must be\n**C**", DATES) == "C"
+    assert extract_choice("Option B", DATES) == "B"
+
+
+def test_flexible_takes_last_option_text():
+    assert extract_choice("Not 05/02/2021 but 5/9/2021.", DATES) == "D"
+
+
+def test_letter_outside_options_is_ignored():
+    # Only four options: (E) is not an answer, so the flexible pass falls back to (B).
+    assert extract_choice("(B) ... (E)", DATES) == "B"
+    assert extract_choice("The answer is (F).", DATES) is None
+
+
+def test_no_answer_at_all():
+    assert extract_choice("I do not know.", DATES) is None
+    assert extract_number("no digits here") is None
+    assert extract_yes_no("maybe") is None
+    assert extract_date("sometime in May") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(B)",
+        "B",
+        "B.",
+        "**B**",
+        "**(B)**",
+        "The answer is B.",
+        "the answer is (B)",
+        "The answer is (B) 05/01/2021.",
+        "The answer is **(B) 05/01/2021**.",
+        "05/01/2021",
+        "05/01/2021.",
+        "The answer is 05/01/2021.",
+        "The answer is 5/1/2021",
+        "Final answer: (B)",
+        "The answer is:\n(B)",
+        "Yesterday was 04/30/2021, so today is 05/01/2021.",
+    ],
+)
+def test_choice_forms_accepted(text):
+    assert check_choice(text, mc("B"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(A)",
+        "**D**",
+        "The answer is C.",
+        "04/29/2021",
+        "The answer is (A) 05/02/2021.",
+        "The answer is (E)",
+        "",
+    ],
+)
+def test_choice_wrong_rejected(text):
+    assert not check_choice(text, mc("B"))
+
+
+def test_option_text_wins_over_a_mismatched_letter():
+    # The response computed the right date but mis-lettered it: the stated text decides.
+    assert check_choice("The answer is (A) 05/01/2021.", mc("B"))
+    assert not check_choice("The answer is (B) 05/02/2021.", mc("B"))
+
+
+def test_text_options_matched_case_and_space_insensitively():
+    choices = ["a cell wall", "the nucleus", "a  Cell membrane"]
+    rec = mc("C", choices)
+    assert check_choice("The answer is A cell membrane.", rec)
+    assert check_choice("The answer is (C)", rec)
+    assert not check_choice("The answer is a cell wall.", rec)
+
+
+def test_gsm8k_hash_is_strict():
+    assert strict_span("blah 3 + 4 = 7\n#### 7") == "7"
+    assert extract_number("Earlier 12, later 99.\n#### 1,200") == "1200"
+
+
+# ---------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is 1,000.",
+        "$1000",
+        "\\boxed{1000}",
+        "1000.00",
+        "The answer is $1,000.00 total.",
+        "**1000**",
+        "#### 1000",
+        "We get 999 + 1 = 1000",
+        "The answer is 1000 dollars.",
+    ],
+)
+def test_number_forms(text):
+    assert check_number(text, "1000")
+    assert not check_number(text, "100")
+
+
+def test_number_strict_first_number_vs_flexible_last():
+    assert extract_number("The answer is 18 (9 eggs times 2 dollars).") == "18"
+    assert extract_number("9 eggs times 2 dollars = 18") == "18"
+
+
+def test_normalize_number():
+    assert normalize_number("$1,234.50") == "1234.5"
+    assert normalize_number("-3.0") == "-3"
+    assert normalize_number("18.") == "18"
+    assert normalize_number("twelve") is None
+
+
+def test_negative_and_decimal_numbers():
+    assert check_number("The answer is -5.", "-5")
+    assert not check_number("The answer is 5.", "-5")
+    assert check_number("The answer is 0.75.", ".75")
+
+
+# ---------------------------------------------------------------- yes / no
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Yes",
+        "**Yes**.",
+        "The answer is Yes.",
+        "the answer is yes, because ...",
+        "No idea at first, but yes",
+        "The answer is **YES**",
+    ],
+)
+def test_yes_forms(text):
+    assert check_yes_no(text, "Yes")
+    assert not check_yes_no(text, "No")
+
+
+def test_yes_no_strict_beats_last_word():
+    assert extract_yes_no("The answer is No. (Some would say yes.)") == "No"
+
+
+def test_yes_no_words_inside_other_words_do_not_count():
+    assert extract_yes_no("Nobody knows; eyes closed.") is None
+
+
+# ---------------------------------------------------------------- dates never go through math-verify
+
+
+def test_dates_compared_exactly_not_numerically():
+    from math_verify import parse, verify
+
+    # math-verify reads both as the leading number and calls them equal ...
+    assert verify(
+        parse("01/02/2021", parsing_timeout=None),
+        parse("01/09/2021", parsing_timeout=None),
+        timeout_seconds=None,
+    )
+    # ... the date checker does not.
+    assert not check_date("The answer is 01/09/2021.", "01/02/2021")
+    assert check_date("The answer is 1/2/2021.", "01/02/2021")
+    assert not check_choice("The answer is 01/09/2021", mc("A", ["01/02/2021", "01/09/2021"]))
+
+
+def test_date_strict_then_last():
+    assert (
+        extract_date("From 04/30/2021 add a day. The answer is 05/01/2021; not 05/02/2021.") == "05/01/2021"
+    )
+    assert extract_date("From 04/30/2021 add a day: 5/1/2021") == "05/01/2021"
+
+
+def test_normalize_text():
+    assert normalize_text("  **The  Nucleus.** ") == "the nucleus"
+    assert normalize_text("5/1/2021.") == "05/01/2021"
+
+
+# ---------------------------------------------------------------- math expressions (math-verify)
+
+
+def test_last_boxed_handles_nesting():
+    assert last_boxed(r"\boxed{1} then \boxed{\frac{1}{\sqrt{2}}}.") == r"\frac{1}{\sqrt{2}}"
+    assert last_boxed("no box") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        (r"The answer is $\frac{1}{2}$.", "0.5"),
+        (r"so $x = \boxed{\frac{2}{4}}$", r"\frac12"),
+        (r"The final answer is $\frac{\sqrt{2}}{2}$. I hope it is correct.", r"\frac{1}{\sqrt{2}}"),
+        (r"The answer is (3, -1).", "(3,-1)"),
+        ("The answer is 1,000.", "1000"),
+    ],
+)
+def test_math_equivalent_answers(text, gold):
+    assert check_math(text, gold)
+
+
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        (r"The answer is $\frac{1}{3}$.", "0.5"),
+        (r"\boxed{2\sqrt{2}}", r"\sqrt{2}"),
+        ("The answer is 7.", "8"),
+    ],
+)
+def test_math_wrong_answers(text, gold):
+    assert not check_math(text, gold)
+
+
+def test_extract_math_prefers_boxed():
+    assert extract_math(r"The answer is 3. Actually \boxed{4}") == "4"
+    assert extract_math(r"We find $x=2$ and then $y = 5$") == "y = 5"
+
+
+def test_math_verify_works_off_the_main_thread():
+    # Its default timeouts use SIGALRM, which raises in worker threads; ours are off.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda g: math_equal(r"\frac{6}{4}", g), [r"\frac{3}{2}", "1.5", "2"]))
+    assert results == [True, True, False]
