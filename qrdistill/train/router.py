@@ -53,7 +53,8 @@ class PathEncoder:
 
             self._st = SentenceTransformer(resolve_model(name), device=device)
             self._st.eval()
-            self.dim = int(self._st.get_sentence_embedding_dimension())
+            get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+            self.dim = int(get_dim())
         else:
             from transformers import AutoModel, AutoTokenizer
 
@@ -111,9 +112,11 @@ def masked_mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 def _router_mlp(in_dim: int, num_students: int, hidden: int, dropout: float) -> nn.Sequential:
     last = nn.Linear(hidden, num_students)
-    # Zero logits at start: every path goes to each student with probability 1/2, the
-    # maximum of the entropy regulariser, so training starts from balanced routing.
-    nn.init.zeros_(last.weight)
+    # Near-zero logits at start: every path goes to each student with probability about
+    # 1/2 (the entropy regulariser's maximum), so training starts from balanced routing.
+    # Small rather than zero weights: a zero last layer would block the first layer's
+    # gradient on the first step.
+    nn.init.normal_(last.weight, std=1e-2)
     nn.init.zeros_(last.bias)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), last)
 
@@ -121,7 +124,7 @@ def _router_mlp(in_dim: int, num_students: int, hidden: int, dropout: float) -> 
 class Router(nn.Module):
     """Eq. 2's MLP: path embeddings ``h [B, d]`` -> routing logits ``[B, S]``.
 
-    The last layer starts at zero, so ``P(alpha[s] = 1) = sigmoid(0) = 1/2`` for every
+    The last layer starts near zero, so ``P(alpha[s] = 1) ≈ sigmoid(0) = 1/2`` for every
     path and student before training.
     """
 

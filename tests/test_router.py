@@ -1,0 +1,210 @@
+"""Routing (eqs. 1–2): encoder, router MLP, Gumbel multi-hot sampling, rank-stable noise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qrdistill.errors import ConfigError
+from qrdistill.train.losses import routed_distill_loss
+from qrdistill.train.router import (
+    PathEncoder,
+    Router,
+    all_students_assignment,
+    anneal_tau,
+    assignment_probabilities,
+    gumbel_multi_hot,
+    masked_mean_pool,
+    routing_noise,
+)
+
+finite = st.floats(-6, 6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda s: st.tuples(st.lists(finite, min_size=s, max_size=s), st.lists(finite, min_size=2 * s, max_size=2 * s))
+    ),
+    st.floats(0.05, 5.0),
+)
+def test_gumbel_multi_hot_forward_is_exact_0_1_and_follows_perturbed_sign(data, tau):
+    logits_l, noise_l = data
+    logits = torch.tensor([logits_l])
+    noise = torch.tensor(noise_l).view(1, len(logits_l), 2)
+    alpha = gumbel_multi_hot(logits, noise, tau)
+    assert set(alpha.unique().tolist()) <= {0.0, 1.0}
+    expected = (logits + noise[..., 0] - noise[..., 1] > 0).float()
+    assert torch.equal(alpha.detach(), expected)
+
+
+def test_gumbel_multi_hot_backward_is_the_soft_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3, requires_grad=True)
+    noise = routing_noise([f"p{i}" for i in range(5)], epoch=0, seed=1, num_students=3)
+    weights = torch.randn(5, 3)
+    (gumbel_multi_hot(logits, noise, tau=0.7) * weights).sum().backward()
+    hard_grad = logits.grad.clone()
+    logits.grad = None
+    (gumbel_multi_hot(logits, noise, tau=0.7, hard=False) * weights).sum().backward()
+    assert torch.allclose(hard_grad, logits.grad)
+    assert hard_grad.abs().min() > 0
+
+
+def test_gumbel_small_tau_noise_free_follows_logit_sign():
+    logits = torch.tensor([[2.0, -0.5, 0.3], [-3.0, 0.01, -0.01]])
+    soft = gumbel_multi_hot(logits, None, tau=1e-4, hard=False)
+    assert torch.allclose(soft, (logits > 0).float(), atol=1e-6)
+    assert torch.equal(gumbel_multi_hot(logits, None, tau=1.0).detach(), (logits > 0).float())
+    # At a high temperature the soft sample is far from 0/1: tau matters.
+    assert (gumbel_multi_hot(logits, None, tau=100.0, hard=False) - 0.5).abs().max() < 0.01
+
+
+def test_gumbel_rejects_bad_tau_and_noise_shape():
+    with pytest.raises(ValueError, match="temperature"):
+        gumbel_multi_hot(torch.zeros(2, 2), None, tau=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        gumbel_multi_hot(torch.zeros(2, 2), torch.zeros(2, 3, 2), tau=1.0)
+
+
+def test_routing_noise_depends_only_on_seed_epoch_key():
+    keys = [f"q{i}/cot/0" for i in range(7)]
+    base = routing_noise(keys, epoch=3, seed=11, num_students=2)
+    assert base.shape == (7, 2, 2) and base.dtype == torch.float32
+    perm = [4, 0, 6, 2, 1, 5, 3]
+    shuffled = routing_noise([keys[i] for i in perm], epoch=3, seed=11, num_students=2)
+    assert torch.equal(shuffled, base[perm])
+    alone = routing_noise([keys[5]], epoch=3, seed=11, num_students=2)
+    assert torch.equal(alone[0], base[5])
+    # Another rank in another process would compute exactly the same numbers: nothing
+    # depends on torch's global RNG.
+    torch.manual_seed(12345)
+    assert torch.equal(routing_noise(keys, epoch=3, seed=11, num_students=2), base)
+    assert not torch.equal(routing_noise(keys, epoch=4, seed=11, num_students=2), base)
+    assert not torch.equal(routing_noise(keys, epoch=3, seed=12, num_students=2), base)
+    assert len({tuple(r.flatten().tolist()) for r in base}) == 7
+
+
+def test_routing_noise_is_gumbel_and_hard_rate_matches_assignment_probabilities():
+    keys = [f"path-{i}" for i in range(4000)]
+    noise = routing_noise(keys, epoch=0, seed=0, num_students=2)
+    assert torch.isfinite(noise).all()
+    euler_gamma = 0.5772156649
+    assert abs(noise.mean().item() - euler_gamma) < 0.03
+    assert abs(noise.var().item() - math.pi**2 / 6) < 0.1
+    logits = torch.tensor([[1.2, -0.7]]).expand(len(keys), 2)
+    rate = gumbel_multi_hot(logits, noise, tau=0.5).mean(dim=0)
+    assert torch.allclose(rate, assignment_probabilities(logits[:1])[0], atol=0.025)
+
+
+def test_anneal_tau_geometric_and_clamped():
+    assert anneal_tau(0, 100, 1.0, 0.25) == pytest.approx(1.0)
+    assert anneal_tau(100, 100, 1.0, 0.25) == pytest.approx(0.25)
+    assert anneal_tau(50, 100, 1.0, 0.25) == pytest.approx(0.5)
+    assert anneal_tau(500, 100, 1.0, 0.25) == pytest.approx(0.25)
+    assert anneal_tau(-3, 100, 1.0, 0.25) == pytest.approx(1.0)
+    assert anneal_tau(7, 0, 2.0, 0.5) == pytest.approx(2.0)
+    taus = [anneal_tau(s, 20, 2.0, 0.1) for s in range(21)]
+    assert all(a > b for a, b in zip(taus, taus[1:], strict=False))
+    with pytest.raises(ValueError):
+        anneal_tau(0, 10, 0.0, 0.5)
+
+
+def test_router_shapes_and_balanced_start():
+    torch.manual_seed(0)
+    router = Router(in_dim=16, num_students=3, hidden=8)
+    logits = router(torch.randn(10, 16))
+    assert logits.shape == (10, 3)
+    probs = assignment_probabilities(logits)
+    assert (probs - 0.5).abs().max() < 0.02
+    with pytest.raises(ValueError):
+        Router(16, 0)
+
+
+def test_no_router_sends_every_path_to_every_student():
+    alpha = all_students_assignment(5, 3)
+    assert alpha.shape == (5, 3) and torch.equal(alpha, torch.ones(5, 3))
+    # With everything routed, each student's distill loss is the plain mean path loss.
+    nll = torch.tensor([[0.0, 1.0, 3.0], [0.0, 2.0, 2.0], [0.0, 5.0, 1.0], [0.0, 0.5, 0.5], [0.0, 4.0, 0.0]])
+    mask = torch.tensor([[False, True, True]] * 5)
+    for s in range(3):
+        loss = routed_distill_loss(nll, torch.ones_like(nll), mask, alpha[:, s])
+        assert loss.item() == pytest.approx(nll[:, 1:].mean().item())
+
+
+def test_masked_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    out = masked_mean_pool(hidden, torch.tensor([[1, 1, 0]]))
+    assert torch.allclose(out, torch.tensor([[2.0, 3.0]]))
+
+
+def test_path_encoder_bad_name_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.router\.encoder"):
+        PathEncoder(str(tmp_path / "no-such-encoder"))
+    with pytest.raises(ConfigError, match=r"train\.router\.encoder"):
+        PathEncoder("")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory):
+    """A tiny random BERT with an offline word-level tokenizer, saved like a hub model."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = "the answer is a b c first then so we compute check date year step fact".split()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *words])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    d = tmp_path_factory.mktemp("tiny_encoder")
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).save_pretrained(d)
+    return str(d)
+
+
+def test_path_encoder_hf_mean_pools_over_attention_mask(tiny_encoder_dir):
+    enc = PathEncoder(tiny_encoder_dir, batch_size=2)
+    assert enc.dim == 32
+    texts = ["the answer is a", "first we compute the date then we check the year step by step so", "fact"]
+    emb = enc.encode(texts)
+    assert emb.shape == (3, 32) and emb.dtype == torch.float32 and not emb.requires_grad
+    # Embedding a text alone (no padding) or beside longer texts gives the same vector.
+    for i, t in enumerate(texts):
+        assert torch.allclose(enc.encode([t])[0], emb[i], atol=1e-5)
+    assert not torch.allclose(emb[0], emb[2])
+    assert all(not p.requires_grad for p in enc._model.parameters())
+    assert enc.encode([]).shape == (0, 32)
+
+
+@pytest.mark.slow
+def test_path_encoder_minilm_matches_hf_mean_pooling(minilm_path):
+    texts = [
+        "First, retrieve the facts: Paris is the capital of France. So the answer is yes.",
+        "def solve():\n    return 3 * 4\nprint(solve())  # The answer is 12.",
+        "Working backwards from 12, 12 / 4 = 3, which matches. The answer is 12.",
+    ]
+    st_enc = PathEncoder("minilm")
+    emb = st_enc.encode(texts)
+    assert emb.shape == (3, 384) and st_enc.dim == 384 and emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-4)
+    # The same weights through the generic HF path (mean pooling, then the L2 norm the
+    # sentence-transformers pipeline adds) give the same vectors.
+    hf = PathEncoder(minilm_path, batch_size=2).encode(texts)
+    assert torch.allclose(torch.nn.functional.normalize(hf, dim=-1), emb, atol=1e-4)
+    sims = emb @ emb.T
+    assert sims[0, 1] < sims[1, 2]
