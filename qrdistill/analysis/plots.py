@@ -1,0 +1,108 @@
+"""The paper's figures from table rows: routing selection rates (Fig. 4, 5) and sample efficiency (Fig. 6).
+
+Every function returns the matplotlib Figure (so tests can inspect titles and
+axis labels) and, given `path`, saves it as PNG. The Agg backend is used: no
+display is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path | None) -> Any:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def _grouped_bars(ax: Any, categories: list[Any], series: dict[str, list[float]]) -> None:
+    import numpy as np
+
+    x = np.arange(len(categories))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=str(label))
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(c) for c in categories], rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+
+
+def plot_routing_by_task(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
+    """Fig. 4: one panel per task; x = reasoning style, one bar per student; y = selection rate."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = [r for r in rows if r["task"] == task]
+        styles = list(dict.fromkeys(r["style"] for r in sub))
+        students = list(dict.fromkeys(r["student"] for r in sub))
+        rate = {(r["style"], r["student"]): r["rate"] for r in sub}
+        _grouped_bars(ax, styles, {s: [rate.get((st, s), 0.0) for st in styles] for s in students})
+        ax.set_title(str(task))
+        ax.set_xlabel("reasoning style")
+        ax.set_ylabel("selection rate")
+    axes[0][-1].legend(title="student", fontsize=8)
+    fig.suptitle(title or "Routing selection rate per style, task and student (cf. paper Fig. 4)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_routing_by_difficulty(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
+    """Fig. 5: one panel per student; x = difficulty level, one bar per style; y = selection rate."""
+    plt = _plt()
+    students = list(dict.fromkeys(r["student"] for r in rows))
+    fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 3.8), squeeze=False, sharey=True)
+    for ax, student in zip(axes[0], students, strict=True):
+        sub = [r for r in rows if r["student"] == student]
+        levels = sorted({r["difficulty"] for r in sub}, key=lambda x: (x is None, x))
+        styles = list(dict.fromkeys(r["style"] for r in sub))
+        rate = {(r["difficulty"], r["style"]): r["rate"] for r in sub}
+        _grouped_bars(ax, levels, {st: [rate.get((lv, st), 0.0) for lv in levels] for st in styles})
+        ax.set_title(str(student))
+        ax.set_xlabel("difficulty level")
+        ax.set_ylabel("selection rate")
+    axes[0][-1].legend(title="style", fontsize=8)
+    fig.suptitle(title or "Routing selection rate per difficulty, style and student (cf. paper Fig. 5)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sample_efficiency(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
+    """Fig. 6: one panel per task; x = fraction of training questions; a line per method x student."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = [r for r in rows if r["task"] == task and r["accuracy"] is not None]
+        for method, student in dict.fromkeys((r["method"], r["student"]) for r in sub):
+            pts = sorted((r["data_fraction"], r["accuracy"]) for r in sub
+                         if r["method"] == method and r["student"] == student)
+            ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{method} / {student}")
+        ax.set_title(str(task))
+        ax.set_xlabel("training questions used (%)")
+        ax.set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title or "Sample efficiency (cf. paper Fig. 6)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure_labels(fig: Any) -> dict[str, Any]:
+    """Title and axis labels of a figure (saved beside the PNGs so a report can be checked without images)."""
+    return {
+        "title": fig._suptitle.get_text() if fig._suptitle else "",
+        "axes": [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+                  "n_artists": len(ax.patches) + len(ax.lines)} for ax in fig.axes],
+    }
