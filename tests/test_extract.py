@@ -162,6 +162,7 @@ def test_number_forms(text):
 def test_number_strict_first_number_vs_flexible_last():
     assert extract_number("The answer is 18 (9 eggs times 2 dollars).") == "18"
     assert extract_number("9 eggs times 2 dollars = 18") == "18"
+    assert extract_number("The answer is 9 * 2 = $18.") == "18"
 
 
 def test_normalize_number():

@@ -266,8 +266,8 @@ def check_yes_no(text: str, gold: str) -> bool:
 def extract_number(text: str) -> str | None:
     """The final number as a normalised string ("1,000.00" -> "1000"), or None.
 
-    Strict: \\boxed{N}, "#### N" or "The answer is N" (first number in that span);
-    flexible: the last number in the text.
+    Strict: \\boxed{N}, "#### N" or "The answer is N" (the first number of that span,
+    or the first after its last "="); flexible: the last number in the text.
     """
     boxed = last_boxed(text)
     if boxed is not None:
@@ -279,7 +279,8 @@ def extract_number(text: str) -> str | None:
             return got
     span = strict_span(text)
     if span:
-        nums = _NUMBER_RE.findall(span)
+        # "The answer is 5 + 3 = 8." states its result after the last "=".
+        nums = _NUMBER_RE.findall(span.rsplit("=", 1)[-1]) or _NUMBER_RE.findall(span)
         if nums:
             return normalize_number(nums[0])
     nums = _NUMBER_RE.findall(text)

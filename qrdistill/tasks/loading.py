@@ -263,8 +263,13 @@ class DatasetTask(Task):
 
     `native_splits` maps each split this task offers to the source splits that
     make it up (e.g. ANLI test = test_r1 + test_r2 + test_r3); leave it empty for
-    a split-less source, which `hash_split` divides into train/test.
+    a split-less source, which `hash_split` divides into train/test. `splits`
+    follows from it.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.splits = tuple(cls.native_splits) if cls.native_splits else ("train", "test")
 
     hub_id: ClassVar[str] = ""
     hub_configs: ClassVar[tuple[str | None, ...]] = (None,)
@@ -281,13 +286,12 @@ class DatasetTask(Task):
 
     @property
     def split_names(self) -> tuple[str, ...]:
-        return tuple(self.native_splits) if self.native_splits else ("train", "test")
+        """Same as `splits` (kept for callers that ask a loading task by this name)."""
+        return self.splits
 
     def load(self, split: str = "train", path: str | None = None, limit: int | None = None) -> list[Record]:
-        if split not in self.split_names:
-            raise DataError(
-                f"task {self.name!r} has no split {split!r} (splits: {', '.join(self.split_names)})"
-            )
+        if split not in self.splits:
+            raise DataError(f"task {self.name!r} has no split {split!r} (splits: {', '.join(self.splits)})")
         if path is None:
             source = self.hub_id
             rows = self._hub(split)
