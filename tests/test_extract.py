@@ -241,6 +241,8 @@ def test_normalize_text():
 def test_last_boxed_handles_nesting():
     assert last_boxed(r"\boxed{1} then \boxed{\frac{1}{\sqrt{2}}}.") == r"\frac{1}{\sqrt{2}}"
     assert last_boxed("no box") is None
+    assert last_boxed(r"\boxed 5 and then {x}") == "5"
+    assert last_boxed(r"\boxed{unclosed") is None
 
 
 @pytest.mark.parametrize(

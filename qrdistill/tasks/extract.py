@@ -11,8 +11,8 @@ The kinds of answer are checked differently on purpose:
   math-verify reads `01/02/2021` and `01/09/2021` as equal numbers, so it must
   never see a date or a letter;
 - plain numbers (GSM8K) are compared as exact decimals after dropping `$`,
-  thousands separators and trailing zeros: exact, and about a thousand times
-  cheaper than a symbolic parse;
+  thousands separators and trailing zeros (exact, and no symbolic parse is
+  needed for every GSM8K answer);
 - mathematical expressions (MATH) go through math-verify's parse + verify.
 
 The answer-kind base classes at the bottom (`MultipleChoiceTask`, `YesNoTask`,
@@ -54,7 +54,7 @@ _MARKUP = "*_`\"' \t\n"
 def normalize_text(s: str) -> str:
     """Lower-case, collapse whitespace, drop surrounding markup and a trailing period;
     MM/DD/YYYY dates are zero-padded so "5/1/2021" matches "05/01/2021"."""
-    s = _DATE_RE.sub(lambda m: _pad_date(m), s)
+    s = _DATE_RE.sub(_pad_date, s)
     s = " ".join(s.split()).strip(_MARKUP).lower()
     while s and s[-1] in ".!;:,":
         s = s[:-1].rstrip(_MARKUP)
@@ -128,11 +128,12 @@ def last_boxed(text: str) -> str | None:
     idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if idx < 0:
         return None
-    i = text.find("{", idx)
-    if i < 0:
+    head = re.match(r"\\(?:boxed|fbox)\s*(\{)?", text[idx:])
+    if head is None or head.group(1) is None:
         # "\boxed 5" (no braces) as lm-eval's MATH extractor accepts.
         m = re.match(r"\\boxed\s+([^\s$]+)", text[idx:])
         return m.group(1) if m else None
+    i = idx + head.end(1) - 1
     depth = 0
     for j in range(i, len(text)):
         if text[j] == "{":
@@ -167,10 +168,10 @@ def _option_in_span(span: str, choices: list[str]) -> int | None:
 
 def _choice_from_span(span: str, choices: list[str]) -> str | None:
     valid = letters(len(choices))
-    exact = [
-        i for i, c in enumerate(choices) if normalize_text(c) and normalize_text(c) == normalize_text(span)
-    ]
-    if exact:
+    # An option whose text itself looks like a letter phrase ("A cell wall") is matched whole first.
+    ns = normalize_text(span)
+    exact = [i for i, c in enumerate(choices) if normalize_text(c) == ns]
+    if ns and exact:
         return valid[exact[0]]
     m = _LETTER_SPAN_RE.match(span)
     letter = m.group(1) if m and m.group(1) in valid else None
@@ -236,7 +237,8 @@ def _option_pattern(option: str) -> re.Pattern[str] | None:
 
 
 def check_choice(text: str, record: Record) -> bool:
-    """True if the response names the gold option (by letter or by its text)."""
+    """True if the response names the gold option, by letter or by its text. When a
+    final answer states both and they disagree ("(A) <text of B>"), the text counts."""
     return extract_choice(text, record.choices) == record.answer
 
 
