@@ -424,7 +424,9 @@ def date_records(split: str, limit: int | None, multiple_choice: bool, seed: int
                        meta={**meta, "answer_text": answer})
             )  # fmt: skip
         else:
-            records.append(Record(id=f"{prefix}-{split}-{i:06d}", question=question, answer=answer, meta=meta))
+            records.append(
+                Record(id=f"{prefix}-{split}-{i:06d}", question=question, answer=answer, meta=meta)
+            )
     return records
 
 
@@ -480,8 +482,11 @@ def shortcut_baselines(records: Sequence[Record]) -> dict[str, float]:
         shared = max(
             range(len(dates)),
             key=lambda i: (
-                sum((d.month == dates[i].month) + (d.day == dates[i].day) + (d.year == dates[i].year)
-                    for j, d in enumerate(dates) if j != i),  # fmt: skip
+                sum(
+                    (d.month == dates[i].month) + (d.day == dates[i].day) + (d.year == dates[i].year)
+                    for j, d in enumerate(dates)
+                    if j != i
+                ),  # fmt: skip
                 -i,
             ),
         )
@@ -506,7 +511,9 @@ class _Procedural(Task):
         if path is not None:
             raise ConfigError(f"tasks: {self.name} is generated from a seed; remove `path` (got {path!r})")
         if split not in SPLIT_SIZES:
-            raise ConfigError(f"tasks: unknown split {split!r} for {self.name} (known: {', '.join(SPLIT_SIZES)})")
+            raise ConfigError(
+                f"tasks: unknown split {split!r} for {self.name} (known: {', '.join(SPLIT_SIZES)})"
+            )
         return self._records(split, limit)
 
     def _records(self, split: str, limit: int | None) -> list[Record]:
