@@ -55,7 +55,9 @@ class StudentConfig(BaseModel):
     model: str = Field(description="HF id, local path, or `gemma3-270m` (bundled).")
     lr: float = Field(2.0e-4, gt=0, le=1.0, description="Learning rate of this student's LoRA parameters.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    qlora: bool = Field(True, description="Load the base in 4-bit (bitsandbytes) when CUDA is present.")
+    qlora: bool | None = Field(
+        None, description="Load the base in 4-bit (bitsandbytes): None = when CUDA is present; true needs CUDA."
+    )
 
     @field_validator("name")
     @classmethod
@@ -78,7 +80,11 @@ class RouterConfig(BaseModel):
     lr: float = Field(1.0e-3, gt=0, le=1.0)
     tau: float = Field(1.0, gt=0, le=100, description="Gumbel-Softmax temperature (start of the anneal).")
     tau_end: float = Field(0.5, gt=0, le=100, description="Temperature at the last step when anneal is on.")
-    anneal: bool = Field(True, description="Anneal tau linearly from tau to tau_end over training.")
+    anneal: bool = Field(True, description="Anneal tau (geometrically) from tau to tau_end over training.")
+    entropy_scope: Literal["batch", "question"] = Field(
+        "batch", description="Eq. 3's mean assignment over the batch's paths, or per question then averaged "
+        "(see docs/method.md)."
+    )
 
 
 class MutualConfig(BaseModel):

@@ -1,0 +1,101 @@
+"""Training checkpoints: everything needed to continue a run exactly.
+
+Layout of D/train/checkpoints/step-N/:
+  state.pt        trainable tensors of every student, router, mutual head, optimizer,
+                  scheduler, grad scaler, data position (epoch, micro-batch), counters
+  rng-<rank>.pt   python / numpy / torch (CPU and CUDA) RNG states of each rank
+  adapters/<student>/  PEFT save_pretrained of each adapter (for users; resume reads state.pt)
+  checkpoint.json step, epoch, position, world size, time (human-readable)
+
+A checkpoint is written into `.step-N.tmp/` and renamed when complete, so a
+process killed while saving never leaves a checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / "state.pt").exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(
+    accelerator, root: Path, step: int, state: dict[str, Any], students: list, keep: int, info: dict[str, Any]
+) -> Path:
+    """Collective: every rank calls it (each saves its RNG state); rank 0 writes the rest."""
+    import torch
+
+    root = Path(root)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if main:
+        torch.save(state, tmp / "state.pt")
+        for student in students:
+            student.save_adapter(tmp / "adapters" / student.name)
+        (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state, this rank's RNG state or None when the checkpoint was saved by fewer ranks)."""
+    import torch
+
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    rng_file = path / f"rng-{rank}.pt"
+    rng = torch.load(rng_file, map_location="cpu", weights_only=False) if rng_file.exists() else None
+    return state, rng

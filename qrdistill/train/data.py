@@ -1,0 +1,202 @@
+"""Training data: kept paths from D/filtered.jsonl turned into (prompt, target) items per method.
+
+The student prompt is `qrdistill.prompting.student_prompt`, the same one
+evaluation uses, so what a student learns is what evaluation asks of it.
+
+Methods (one loop, different items):
+- qrdistill / sft: every kept path of every (kept) question is an item; the
+  router (qrdistill) or nobody (sft = answer augmentation) decides who learns it.
+- skd: one chain-of-thought path per question (style `cot` if kept, else the
+  question's first kept path).
+- step_by_step (Distilling Step-by-Step): the skd path, as two supervised
+  outputs: "[rationale] <prompt>" -> the path, and "[answer] <prompt>" -> the
+  gold final-answer line. Evaluate such students with the rationale prompt
+  (`method_prompt("step_by_step", ...)`, i.e. RATIONALE_TAG + the student prompt):
+  it is the one that produces a reasoning path ending in the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qrdistill.errors import DataError, QRDistillError
+
+RATIONALE_TAG = "[rationale] "
+ANSWER_TAG = "[answer] "
+_REQUIRED = ("qid", "task", "style", "question", "response")
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One supervised (prompt, target) pair; `key` identifies it for routing noise and logs."""
+
+    key: str
+    qid: str
+    task: str
+    style: str
+    difficulty: int | None
+    prompt: str
+    response: str
+
+
+def path_key(row: dict[str, Any], kind: str = "") -> str:
+    """Content hash of a path: stable across runs, ranks and batch composition."""
+    parts = [str(row["qid"]), str(row["style"]), str(row.get("sample", 0)), row["response"], kind]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:20]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_kept(path: str | Path, need_gold: bool = False) -> list[dict[str, Any]]:
+    """Rows of filtered.jsonl with `kept: true`, validated; errors name file:line."""
+    from qrdistill.tasks import get_task
+
+    path = Path(path)
+    rows = []
+    tasks: dict[str, Any] = {}
+    n_lines = 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            n_lines += 1
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            if "kept" not in row:
+                raise DataError(f"{where}: missing field kept (is this a filtered.jsonl written by `qrdistill filter`?)")
+            if row["kept"] is not True:
+                continue
+            missing = [k for k in _REQUIRED if k not in row]
+            if missing:
+                raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+            for k in _REQUIRED:
+                if not isinstance(row[k], str) or (k != "style" and not row[k].strip()):
+                    raise DataError(f"{where}: field {k} must be a non-empty string")
+            meta = row.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise DataError(f"{where}: field meta must be an object")
+            diff = meta.get("difficulty")
+            if diff is not None and not isinstance(diff, (int, float, str)):
+                raise DataError(f"{where}: meta.difficulty must be a number or a label")
+            if need_gold and not str(row.get("gold_text") or "").strip():
+                raise DataError(f"{where}: step_by_step needs gold_text (the gold final answer) in every kept row")
+            if row["task"] not in tasks:
+                try:
+                    tasks[row["task"]] = get_task(row["task"])
+                except QRDistillError as e:
+                    raise DataError(f"{where}: {e}") from None
+            rows.append(row)
+    if n_lines == 0:
+        raise DataError(f"{path}: file is empty (did `qrdistill filter` finish?)")
+    if not rows:
+        raise DataError(f"{path}: no row has kept: true, so there is nothing to train on")
+    return rows
+
+
+def subsample_questions(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    """Keep a seeded `fraction` of the QUESTIONS (all kept paths of each), at least one."""
+    if fraction >= 1.0:
+        return rows
+    qids = sorted({r["qid"] for r in rows})
+    k = max(1, round(len(qids) * fraction))
+    keep = set(random.Random(f"data_fraction:{seed}").sample(qids, k))
+    return [r for r in rows if r["qid"] in keep]
+
+
+def _one_path_per_question(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SKD's single path: the question's `cot` path if kept, else its first kept path."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        cur = chosen.get(r["qid"])
+        if cur is None or (cur["style"] != "cot" and r["style"] == "cot"):
+            chosen[r["qid"]] = r
+    order = {q: i for i, q in enumerate(dict.fromkeys(r["qid"] for r in rows))}
+    return sorted(chosen.values(), key=lambda r: order[r["qid"]])
+
+
+def method_prompt(method: str, task_name: str, question: str) -> str:
+    """The prompt a student of `method` is trained on (and should be evaluated with)."""
+    from qrdistill.prompting import student_prompt
+    from qrdistill.tasks import get_task
+
+    prompt = student_prompt(get_task(task_name), question)
+    return RATIONALE_TAG + prompt if method == "step_by_step" else prompt
+
+
+def build_items(rows: list[dict[str, Any]], method: str) -> list[TrainItem]:
+    from qrdistill.prompting import student_prompt
+    from qrdistill.tasks import get_task
+
+    def item(r: dict[str, Any], prompt: str, response: str, kind: str = "") -> TrainItem:
+        diff = (r.get("meta") or {}).get("difficulty")
+        return TrainItem(
+            key=path_key(r, kind), qid=r["qid"], task=r["task"], style=r["style"],
+            difficulty=diff, prompt=prompt, response=response,
+        )
+
+    if method in ("skd", "step_by_step"):
+        rows = _one_path_per_question(rows)
+    items = []
+    for r in rows:
+        prompt = student_prompt(get_task(r["task"]), r["question"])
+        if method == "step_by_step":
+            items.append(item(r, RATIONALE_TAG + prompt, r["response"], "rationale"))
+            answer_line = f"The answer is {str(r['gold_text']).strip()}."
+            items.append(item(r, ANSWER_TAG + prompt, answer_line, "answer"))
+        else:
+            items.append(item(r, prompt, r["response"]))
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        it = items[keys.index(dup)]
+        raise DataError(f"filtered.jsonl: path {it.qid}/{it.style} appears twice with the same response")
+    return items
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded permutation of item indices for one epoch (the same on every rank)."""
+    order = list(range(n))
+    random.Random(f"epoch:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+class Schedule:
+    """Where each optimizer step's micro-batches come from, for every rank.
+
+    Epoch e visits `epoch_order(n, seed, e)` in global micro-batches of
+    `batch_size * world` items; rank r takes its `batch_size` slice of each.
+    An optimizer step is `grad_accum` consecutive micro-batches of one epoch (the
+    last step of an epoch may have fewer). Position = (epoch, micro index), so a
+    resumed run continues with exactly the items an uninterrupted one would see.
+    """
+
+    def __init__(self, n: int, batch_size: int, world: int, grad_accum: int, seed: int):
+        self.n, self.batch_size, self.world, self.grad_accum, self.seed = n, batch_size, world, grad_accum, seed
+        self.global_batch = batch_size * world
+        self.micro_per_epoch = -(-n // self.global_batch)
+        self.steps_per_epoch = -(-self.micro_per_epoch // grad_accum)
+        self._order: tuple[int, list[int]] = (-1, [])
+
+    def step_micro(self, epoch: int, micro: int) -> list[list[int]]:
+        """Global item indices of one micro-batch, one list per rank (possibly empty for the last)."""
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.n, self.seed, epoch))
+        order = self._order[1]
+        chunk = order[micro * self.global_batch:(micro + 1) * self.global_batch]
+        return [chunk[r * self.batch_size:(r + 1) * self.batch_size] for r in range(self.world)]
+
+    def step_micros(self, micro: int) -> range:
+        """Micro-batch indices of the optimizer step starting at `micro`."""
+        return range(micro, min(micro + self.grad_accum, self.micro_per_epoch))

@@ -1,0 +1,671 @@
+"""The joint training loop (eq. 9) shared by QR-Distill, its ablations and the baselines.
+
+One optimizer step, for a global micro-batch of paths:
+1. Routing (eqs. 1-2): cached encoder embeddings -> Router -> Gumbel multi-hot alpha
+   [B, S] with noise keyed by (seed, epoch, path). Every rank routes the whole
+   global micro-batch (an MLP on a few hundred floats per path), so eq. 3's mean
+   assignment covers the global batch and each rank can check that the others
+   decided alike; each rank then trains its own slice of paths.
+2. Each student runs forward ONLY on its routed paths (`mutual.peer_paths:
+   co_routed`), and that one forward serves both its distill loss and the mutual
+   term: this is where a joint epoch becomes cheaper than S separate trainings
+   (paper Table 3). `peer_paths: all` runs every student on every path.
+3. Paths routed to >= 2 students: hidden states pooled on common character spans
+   (alignment.align_students) -> MutualHead (eqs. 5-8).
+4. L = Σ_s L_distill^(s) − λ1·H(ᾱ) + λ2·L_mutual; backward; AdamW with one param
+   group per student (its own lr), one for the router and one for the mutual head.
+
+Distributed (accelerate / torchrun): students sharing a base run several forward
+passes per backward, which DDP's reducer does not support, and only the small
+trainable tensors (LoRA, router, mutual head) need syncing. So gradients are
+averaged by hand: one all-reduce of a flat buffer per optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qrdistill.train.data import Schedule, TrainItem, text_hash
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE = "embeddings.pt"
+
+
+def _append_jsonl(f, rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    f.flush()
+
+
+def _rows_upto(path: Path, step: int) -> list[str]:
+    """Lines of a per-step JSONL log with `step <= step` (drops a line cut short by a kill)."""
+    if not path.exists():
+        return []
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            keep.append(line)
+    return keep
+
+
+def take_rows(batch, rows, trim: bool = True):
+    """Rows of a right-padded StudentBatch; `trim` drops columns that are padding in every kept row."""
+    from qrdistill.train.students import StudentBatch
+
+    ids = batch.input_ids[rows]
+    att = batch.attention_mask[rows]
+    t = int(att.sum(dim=1).max().item()) if trim and len(rows) else ids.shape[1]
+    return StudentBatch(
+        input_ids=ids[:, :t],
+        attention_mask=att[:, :t],
+        response_mask=batch.response_mask[rows][:, :t],
+        loss_weight=batch.loss_weight[rows][:, :t],
+        response_offsets=[batch.response_offsets[int(i)] for i in rows],
+    )
+
+
+def scatter_rows(x, rows, size: int, seq_len: int):
+    """Place a student's [n, t, ...] outputs at `rows` of a zero [size, seq_len, ...] tensor (differentiable)."""
+    import torch.nn.functional as F
+
+    pad = [0, 0] * (x.dim() - 2) + [0, seq_len - x.shape[1]]
+    full = x.new_zeros((size, seq_len, *x.shape[2:]))
+    return full.index_copy(0, rows.to(x.device), F.pad(x, pad))
+
+
+@dataclass
+class StepStats:
+    distill: list[float]
+    entropy: float = 0.0
+    mutual: float = 0.0
+    co_routed: float = 0.0
+    routing_rate: list[float] = field(default_factory=list)
+    paths_per_student: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Builds models and optimizer from a RunConfig and runs (or resumes) training."""
+
+    def __init__(self, cfg, run_dir: Path, items: list[TrainItem], max_steps: int | None, fingerprint: str,
+                 extra_summary: dict[str, Any] | None = None):
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.run_dir = Path(run_dir)
+        self.train_dir = self.run_dir / "train"
+        self.ckpt_dir = self.train_dir / "checkpoints"
+        self.items = items
+        self.max_steps = max_steps if max_steps is not None else self.tc.max_steps
+        self.fingerprint = fingerprint
+        self.extra_summary = extra_summary or {}
+        self.names = self.tc.student_names
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        tc = self.tc
+        cuda = torch.cuda.is_available()
+        mp = tc.mixed_precision if cuda else "no"
+        if tc.mixed_precision != "no" and not cuda:
+            log.warning("train.mixed_precision=%s ignored: no GPU (bf16 is slower than fp32 on CPU)",
+                        tc.mixed_precision)
+        others = [t for t in tc.trackers if t != "tensorboard"]
+        self.acc = Accelerator(mixed_precision=mp, log_with=others or None, project_dir=str(self.train_dir))
+        self.main = self.acc.is_main_process
+        self.rank = self.acc.process_index
+        self.world = self.acc.num_processes
+        self.device = self.acc.device
+        if not cuda:
+            # CPU kernels are deterministic already; this guards against a silent change.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        set_seed(self.cfg.seed)
+
+        from qrdistill.train.students import load_students
+
+        self.students = load_students(tc.students, device=self.device,
+                                      gradient_checkpointing=tc.gradient_checkpointing)
+        if tc.frozen_peer is not None:
+            self.students[self.names.index(tc.frozen_peer)].set_trainable(False)
+        self.S = len(self.students)
+
+        self.router = None
+        self.embeddings = None
+        if tc.router.enabled:
+            from qrdistill.train.router import Router
+
+            self.embeddings = self._path_embeddings()
+            set_seed(self.cfg.seed + 1)
+            self.router = Router(self.embeddings.shape[1], self.S, hidden=tc.router.hidden).to(self.device)
+        self.mutual = None
+        if tc.lambda_mutual > 0:
+            from qrdistill.train.mutual import MutualHead
+
+            set_seed(self.cfg.seed + 2)
+            self.mutual = MutualHead([s.hidden_size for s in self.students], tc.mutual.shared_dim).to(self.device)
+        self.question_index = None
+        if tc.router.entropy_scope == "question":
+            qids = {q: i for i, q in enumerate(dict.fromkeys(it.qid for it in self.items))}
+            self.question_index = torch.tensor([qids[it.qid] for it in self.items])
+
+        self._build_optimizer()
+        if self.world > 1:
+            # Identical seeds give identical inits already; broadcasting makes it a guarantee.
+            import torch.distributed as dist
+
+            for p in self.params:
+                dist.broadcast(p.data, src=0)
+
+        self.schedule = Schedule(len(self.items), tc.batch_size, self.world, tc.grad_accum, self.cfg.seed)
+        self.total_steps = self.max_steps or tc.epochs * self.schedule.steps_per_epoch
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            tc.scheduler, self.optimizer,
+            num_warmup_steps=round(tc.warmup_ratio * self.total_steps), num_training_steps=self.total_steps,
+        )
+
+    def _path_embeddings(self):
+        """Eq. 1's h_j for every item, computed once (rank 0) and cached in train/embeddings.pt by text hash."""
+        import torch
+
+        path = self.train_dir / EMBEDDINGS_FILE
+        enc_name = self.tc.router.encoder
+        hashes = [text_hash(it.response) for it in self.items]
+        if self.main:
+            cache: dict[str, Any] = {"encoder": enc_name, "hashes": [], "emb": None}
+            if path.exists():
+                try:
+                    loaded = torch.load(path, map_location="cpu", weights_only=False)
+                    if loaded.get("encoder") == enc_name:
+                        cache = loaded
+                except (OSError, RuntimeError, EOFError, AttributeError) as e:
+                    log.warning("ignoring unreadable %s (%s); recomputing", path, e)
+            known = set(cache["hashes"])
+            todo = list(dict.fromkeys(h for h in hashes if h not in known))
+            if todo:
+                from qrdistill.train.router import PathEncoder
+
+                text_of = {text_hash(it.response): it.response for it in self.items}
+                t0 = time.perf_counter()
+                encoder = PathEncoder(enc_name, device=str(self.device))
+                new = encoder.encode([text_of[h] for h in todo])
+                del encoder
+                log.info("router encoder %s: embedded %d paths in %.1fs", enc_name, len(todo), time.perf_counter() - t0)
+                emb = new if cache["emb"] is None else torch.cat([cache["emb"], new])
+                cache = {"encoder": enc_name, "hashes": cache["hashes"] + todo, "emb": emb}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp")
+                torch.save(cache, tmp)
+                tmp.replace(path)
+        self.acc.wait_for_everyone()
+        # Every rank (rank 0 included) reads the same file: identical inputs to the router everywhere.
+        cache = torch.load(path, map_location="cpu", weights_only=False)
+        row = {h: i for i, h in enumerate(cache["hashes"])}
+        return cache["emb"][[row[h] for h in hashes]].to(self.device)
+
+    def _build_optimizer(self) -> None:
+        import torch
+
+        tc = self.tc
+        groups = []
+        self.param_names: list[str] = []
+        for student, spec in zip(self.students, tc.students, strict=True):
+            if not student.trainable:
+                continue
+            ps = student.trainable_parameters()
+            groups.append({"params": ps, "lr": spec.lr, "group": f"student/{student.name}"})
+            self.param_names += [f"{student.name}/lora.{i}" for i in range(len(ps))]
+        for mod, name, lr in ((self.router, "router", tc.router.lr), (self.mutual, "mutual", tc.mutual.lr)):
+            if mod is not None:
+                named = [(n, p) for n, p in mod.named_parameters() if p.requires_grad]
+                groups.append({"params": [p for _, p in named], "lr": lr, "group": name})
+                self.param_names += [f"{name}/{n}" for n, _ in named]
+        self.params = [p for g in groups for p in g["params"]]
+        # Every trainable tensor must be in the optimizer, exactly once, and nothing frozen may be.
+        ids = [id(p) for p in self.params]
+        if len(set(ids)) != len(ids):
+            raise RuntimeError("a parameter is in two optimizer groups")
+        wanted = {id(p) for s in self.students if s.trainable for p in s.trainable_parameters()}
+        for mod in (self.router, self.mutual):
+            if mod is not None:
+                wanted |= {id(p) for p in mod.parameters() if p.requires_grad}
+        stray = {id(p) for s in self.students for p in s.model.parameters() if p.requires_grad} - set(ids)
+        if wanted != set(ids) or stray:
+            raise RuntimeError(f"optimizer/trainable mismatch: {len(wanted ^ set(ids))} missing, {len(stray)} stray")
+        self.group_names = [g["group"] for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=self.tc.weight_decay)
+        self.optimizer = self.acc.prepare_optimizer(self.optimizer, device_placement=False)
+
+    # -------------------------------------------------------------- one step
+    def _route(self, global_idx: list[int], epoch: int, tau: float):
+        import torch
+
+        from qrdistill.train.losses import assignment_entropy
+
+        n = len(global_idx)
+        if self.router is None:
+            return torch.ones(n, self.S, device=self.device), None, torch.zeros((), device=self.device)
+        from qrdistill.train.router import assignment_probabilities, gumbel_multi_hot, routing_noise
+
+        idx = torch.tensor(global_idx, dtype=torch.long)
+        logits = self.router(self.embeddings[idx.to(self.device)])
+        noise = routing_noise([self.items[i].key for i in global_idx], epoch, self.cfg.seed, self.S)
+        alpha = gumbel_multi_hot(logits, noise, tau)
+        qindex = self.question_index[idx] if self.question_index is not None else None
+        return alpha, assignment_probabilities(logits), assignment_entropy(alpha, qindex)
+
+    def _micro(self, epoch: int, micro: int, n_micro: int, tau: float, step: int,
+               routing_rows: list[dict[str, Any]], local_rows: list[tuple]):
+        import torch
+
+        from qrdistill.train.losses import path_nll, routed_distill_loss, total_objective
+
+        tc = self.tc
+        per_rank = self.schedule.step_micro(epoch, micro)
+        global_idx = [i for r in per_rank for i in r]
+        local_idx = per_rank[self.rank]
+        off = sum(len(r) for r in per_rank[: self.rank])
+        with self.acc.autocast():
+            alpha_g, probs_g, entropy = self._route(global_idx, epoch, tau)
+        alpha = alpha_g[off: off + len(local_idx)]
+        hard_g = (alpha_g.detach() > 0.5).int().cpu()
+        if self.main:
+            owner = [r for r, ids in enumerate(per_rank) for _ in ids]
+            for j, i in enumerate(global_idx):
+                it = self.items[i]
+                routing_rows.append({
+                    "epoch": epoch, "step": step, "path_key": it.key, "qid": it.qid, "task": it.task,
+                    "style": it.style, "difficulty": it.difficulty, "alpha": hard_g[j].tolist(),
+                    "probs": None if probs_g is None else [round(float(x), 5) for x in probs_g[j]],
+                    "students": self.names, "rank": owner[j],
+                })
+        for j, i in enumerate(local_idx):
+            local_rows.append((epoch, self.items[i].key, tuple(hard_g[off + j].tolist())))
+
+        B = len(local_idx)
+        distill = [torch.zeros((), device=self.device) for _ in self.students]
+        mutual = torch.zeros((), device=self.device)
+        co_routed = 0
+        counts = [0] * self.S
+        if B:
+            prompts = [self.items[i].prompt for i in local_idx]
+            responses = [self.items[i].response for i in local_idx]
+            all_rows = torch.arange(B)
+            run_all = self.router is None or tc.mutual.peer_paths == "all"
+            fulls, outs, rows_of = [], [], []
+            path_losses = torch.zeros(B, self.S, device=self.device)
+            for s, student in enumerate(self.students):
+                full = student.encode(prompts, responses, tc.max_length, answer_weight=tc.answer_weight)
+                rows = all_rows if run_all else (alpha[:, s].detach() > 0.5).nonzero(as_tuple=True)[0].cpu()
+                fulls.append(full)
+                rows_of.append(rows)
+                outs.append(None)
+                counts[s] = int((alpha[:, s].detach() > 0.5).sum())
+                if len(rows) == 0:
+                    continue
+                sub = take_rows(full, rows).to(self.device)
+                grad_ctx = contextlib.nullcontext() if student.trainable else torch.no_grad()
+                with grad_ctx, self.acc.autocast():
+                    out = student.forward(sub)
+                outs[s] = out
+                rows_dev = rows.to(self.device)
+                distill[s] = routed_distill_loss(out.token_nll, sub.loss_weight, sub.response_mask, alpha[rows_dev, s])
+                path_losses[rows_dev, s] = path_nll(out.token_nll, sub.loss_weight, sub.response_mask).detach()
+            if self.mutual is not None:
+                mutual, co_routed = self._mutual_term(alpha, fulls, outs, rows_of, path_losses)
+        loss = total_objective(distill, entropy, mutual, tc.lambda_entropy, tc.lambda_mutual) / n_micro
+        if loss.requires_grad:
+            self.acc.backward(loss)
+        return StepStats(
+            distill=[d.item() for d in distill], entropy=entropy.item(), mutual=mutual.item(),
+            co_routed=float(co_routed), routing_rate=hard_g.float().mean(dim=0).tolist() if len(global_idx)
+            else [0.0] * self.S, paths_per_student=[float(c) for c in counts],
+        )
+
+    def _mutual_term(self, alpha, fulls, outs, rows_of, path_losses):
+        """Eqs. 5-8 on this rank's paths that at least two students ran (their distill forwards reused)."""
+        import torch
+
+        from qrdistill.train.alignment import align_students
+        from qrdistill.train.mutual import peer_pair_weight
+        from qrdistill.train.students import StudentOutput
+
+        B = alpha.shape[0]
+        ran = torch.zeros(B, self.S, dtype=torch.bool)
+        for s, rows in enumerate(rows_of):
+            ran[rows, s] = True
+        pw = peer_pair_weight(alpha, self.tc.mutual.peer_paths) if self.router is not None else None
+        part = ran if pw is None else (pw.cpu() & ran)
+        sel = (part.sum(dim=1) >= 2).nonzero(as_tuple=True)[0]
+        if len(sel) == 0:
+            return torch.zeros((), device=self.device), 0
+        m_outs, m_batches = [], []
+        for s, (full, out, rows) in enumerate(zip(fulls, outs, rows_of, strict=True)):
+            seq_len = full.input_ids.shape[1]
+            batch = take_rows(full, sel, trim=False).to(self.device)
+            if out is None:  # this student ran none of these paths: pair_weight leaves it out
+                hidden = torch.zeros(len(sel), seq_len, self.students[s].hidden_size, device=self.device)
+                nll = torch.zeros(len(sel), seq_len, device=self.device)
+            else:
+                hidden = scatter_rows(out.hidden, rows, B, seq_len)[sel.to(self.device)]
+                nll = scatter_rows(out.token_nll, rows, B, seq_len)[sel.to(self.device)]
+            m_outs.append(StudentOutput(token_nll=nll, hidden=hidden, response_mask=batch.response_mask))
+            m_batches.append(batch)
+        pooled, span_mask = align_students(m_outs, m_batches)
+        pair = part[sel].to(self.device) if (pw is not None or not bool(part[sel].all())) else None
+        with self.acc.autocast():
+            res = self.mutual(pooled, span_mask.to(self.device), self.tc.mutual.detach_target, pair_weight=pair,
+                              path_losses=path_losses[sel.to(self.device)])
+        return res.loss, len(sel)
+
+    def _sync_grads(self):
+        """Average gradients over ranks (one all-reduce); returns which params got a gradient anywhere."""
+        import torch
+
+        present = torch.tensor([p.grad is not None for p in self.params], dtype=torch.float32, device=self.device)
+        if self.world == 1:
+            return present > 0
+        flat = torch.cat([present] + [
+            (p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)).reshape(-1)
+            for p in self.params
+        ])
+        flat = self.acc.reduce(flat, reduction="sum")
+        present, grads = flat[: len(self.params)], flat[len(self.params):] / self.world
+        pos = 0
+        for p, there in zip(self.params, present.tolist(), strict=True):
+            n = p.numel()
+            if there > 0:
+                p.grad = grads[pos: pos + n].view_as(p).to(p.dtype).clone()
+            pos += n
+        return present > 0
+
+    # ------------------------------------------------------------ save/load
+    def _state(self, step: int, epoch: int, micro: int) -> dict[str, Any]:
+        return {
+            "step": step, "epoch": epoch, "micro": micro, "fingerprint": self.fingerprint, "world": self.world,
+            "students": {s.name: [p.detach().cpu().clone() for p in s.trainable_parameters()] for s in self.students},
+            "router": None if self.router is None else self.router.state_dict(),
+            "mutual": None if self.mutual is None else self.mutual.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            "epoch_times": list(self.epoch_times), "epoch_elapsed": self.epoch_elapsed,
+            "never_grad": sorted(self.never_grad), "rates_sum": self.rates_sum, "rates_n": self.rates_n,
+        }
+
+    def _restore(self, ckpt: Path):
+        import torch
+
+        from qrdistill.train.checkpoint import load_checkpoint, set_rng_state
+
+        state, rng = load_checkpoint(ckpt, self.rank)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("%s was written with a different config or data; resuming anyway", ckpt)
+        with torch.no_grad():
+            for s in self.students:
+                for p, v in zip(s.trainable_parameters(), state["students"][s.name], strict=True):
+                    p.copy_(v.to(p.device))
+        if self.router is not None:
+            self.router.load_state_dict(state["router"])
+        if self.mutual is not None:
+            self.mutual.load_state_dict(state["mutual"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.acc.scaler is not None and state.get("scaler"):
+            self.acc.scaler.load_state_dict(state["scaler"])
+        self.epoch_times = list(state["epoch_times"])
+        self.epoch_elapsed = float(state["epoch_elapsed"])
+        self.never_grad = set(state["never_grad"])
+        self.rates_sum, self.rates_n = list(state["rates_sum"]), int(state["rates_n"])
+        if state["world"] != self.world or rng is None:
+            log.warning("checkpoint saved by %d processes, resuming with %d: data order is kept, but RNG "
+                        "streams (LoRA dropout) differ from an uninterrupted run", state["world"], self.world)
+        if rng is not None:
+            set_rng_state(rng)
+        return int(state["step"]), int(state["epoch"]), int(state["micro"])
+
+    def _checkpoint(self, step: int, epoch: int, micro: int) -> None:
+        from qrdistill.train.checkpoint import save_checkpoint
+
+        info = {"step": step, "epoch": epoch, "micro": micro, "total_steps": self.total_steps,
+                "world_size": self.world, "time": time.time()}
+        state = self._state(step, epoch, micro) if self.main else {}
+        save_checkpoint(self.acc, self.ckpt_dir, step, state, self.students, self.tc.keep_checkpoints, info)
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool) -> dict[str, Any]:
+
+        from qrdistill.train.checkpoint import latest_checkpoint
+        from qrdistill.train.router import anneal_tau
+
+        tc = self.tc
+        self.epoch_times: list[float] = []
+        self.epoch_elapsed = 0.0
+        self.never_grad = set(self.param_names)
+        self.rates_sum, self.rates_n = [0.0] * self.S, 0
+        step, epoch, micro = 0, 0, 0
+        ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
+        if resume and ckpt is None:
+            log.info("train: --resume but no checkpoint in %s; starting from the beginning", self.ckpt_dir)
+        if ckpt is not None:
+            step, epoch, micro = self._restore(ckpt)
+            log.info("train: resuming from %s (step %d/%d, epoch %d)", ckpt, step, self.total_steps, epoch)
+
+        log_f = routing_f = tb = None
+        if self.main:
+            self.train_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt is None:
+                # A fresh run owns train/: stale checkpoints or logs of another run must not mix in.
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+                shutil.rmtree(self.train_dir / "tb", ignore_errors=True)
+                for name in ("log.jsonl", "routing.jsonl", "summary.json"):
+                    (self.train_dir / name).unlink(missing_ok=True)
+            for name in ("log.jsonl", "routing.jsonl"):
+                kept = _rows_upto(self.train_dir / name, step)
+                (self.train_dir / name).write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            log_f = (self.train_dir / "log.jsonl").open("a", encoding="utf-8")
+            routing_f = (self.train_dir / "routing.jsonl").open("a", encoding="utf-8")
+            if "tensorboard" in tc.trackers:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(str(self.train_dir / "tb"), purge_step=step + 1 if step else None)
+            if self.acc.log_with:
+                self.acc.init_trackers("qrdistill", config=tc.model_dump(mode="json"))
+        self.acc.wait_for_everyone()
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=step, desc=f"train {tc.method}", disable=not self.main,
+                   dynamic_ncols=True)
+        local_rows: list[tuple] = []
+        first_check_done = step > 0
+        t_start = time.perf_counter()
+        try:
+            while step < self.total_steps:
+                if micro >= self.schedule.micro_per_epoch:
+                    self.epoch_times.append(self.epoch_elapsed)
+                    self.epoch_elapsed, epoch, micro = 0.0, epoch + 1, 0
+                t0 = time.perf_counter()
+                tau = anneal_tau(step, self.total_steps, tc.router.tau, tc.router.tau_end) if tc.router.anneal \
+                    else tc.router.tau
+                micros = self.schedule.step_micros(micro)
+                routing_rows: list[dict[str, Any]] = []
+                stats = [self._micro(epoch, m, len(micros), tau, step + 1, routing_rows, local_rows) for m in micros]
+                got = self._sync_grads()
+                for name, g in zip(self.param_names, got.tolist(), strict=True):
+                    if g:
+                        self.never_grad.discard(name)
+                if not first_check_done:
+                    first_check_done = True
+                    missing = [n for n, g in zip(self.param_names, got.tolist(), strict=True) if not g]
+                    if missing:
+                        log.warning("first step: %d of %d trainable tensors got no gradient (%s%s); a student "
+                                    "routed no path in this step shows up here, and must not at the end",
+                                    len(missing), len(self.param_names), ", ".join(missing[:5]),
+                                    ", ..." if len(missing) > 5 else "")
+                    else:
+                        log.info("first step: all %d trainable tensors received a gradient", len(self.param_names))
+                if tc.max_grad_norm is not None:
+                    self.acc.clip_grad_norm_(self.params, tc.max_grad_norm)
+                lrs = [g["lr"] for g in self.optimizer.param_groups]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                micro = micros[-1] + 1
+                dt = time.perf_counter() - t0
+                self.epoch_elapsed += dt
+                row = self._log_row(step, epoch, tau, lrs, dt, stats)
+                if self.main:
+                    _append_jsonl(routing_f, routing_rows)
+                    if step % tc.log_every == 0 or step == self.total_steps:
+                        _append_jsonl(log_f, [row])
+                        if tb is not None:
+                            for k, v in row.items():
+                                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                                    tb.add_scalar(k, v, step)
+                    if self.acc.log_with:
+                        self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+                    bar.set_postfix_str(self._postfix(row), refresh=False)
+                    bar.update(1)
+                if step % tc.checkpoint_every == 0 or step == self.total_steps:
+                    self._checkpoint(step, epoch, micro)
+            if micro >= self.schedule.micro_per_epoch or self.epoch_elapsed > 0:
+                self.epoch_times.append(self.epoch_elapsed)
+                self.epoch_elapsed = 0.0
+        finally:
+            bar.close()
+            for f in (log_f, routing_f):
+                if f is not None:
+                    f.close()
+            if tb is not None:
+                tb.close()
+        total_time = time.perf_counter() - t_start
+        check = self._rank_check(local_rows)
+        summary = self._finish(step, epoch, total_time, check) if self.main else {}
+        self.acc.wait_for_everyone()
+        return summary
+
+    def _log_row(self, step, epoch, tau, lrs, dt, stats: list[StepStats]) -> dict[str, Any]:
+        import torch
+
+        n = len(stats)
+        vec = torch.tensor(
+            [sum(s.distill[k] for s in stats) / n for k in range(self.S)]
+            + [sum(s.mutual for s in stats) / n, sum(s.co_routed for s in stats)], device=self.device)
+        if self.world > 1:
+            vec = self.acc.reduce(vec, reduction="mean")
+        distill = vec[: self.S].tolist()
+        rates = [sum(s.routing_rate[k] for s in stats) / n for k in range(self.S)]
+        self.rates_sum = [a + b for a, b in zip(self.rates_sum, rates, strict=True)]
+        self.rates_n += 1
+        row: dict[str, Any] = {"step": step, "epoch": epoch}
+        row["loss"] = (sum(distill) - self.tc.lambda_entropy * sum(s.entropy for s in stats) / n
+                       + self.tc.lambda_mutual * float(vec[self.S]))
+        for name, d in zip(self.names, distill, strict=True):
+            row[f"distill/{name}"] = d
+        row["entropy"] = sum(s.entropy for s in stats) / n
+        row["mutual"] = float(vec[self.S])
+        row["co_routed_paths"] = float(vec[self.S + 1]) * (self.world if self.world > 1 else 1)
+        for name, r in zip(self.names, rates, strict=True):
+            row[f"routing_rate/{name}"] = r
+        row["tau"] = tau
+        for g, lr in zip(self.group_names, lrs, strict=True):
+            row[f"lr/{g}"] = lr
+        row["step_time"] = dt
+        return row
+
+    def _postfix(self, row: dict[str, Any]) -> str:
+        parts = [f"{n}={row[f'distill/{n}']:.3f}" for n in self.names]
+        if self.router is not None:
+            parts.append(f"H={row['entropy']:.3f}")
+            parts.append("route=" + "/".join(f"{row[f'routing_rate/{n}']:.2f}" for n in self.names))
+        if self.mutual is not None:
+            parts.append(f"mut={row['mutual']:.4f}")
+        return " ".join(parts)
+
+    def _rank_check(self, local_rows: list[tuple]) -> dict[str, Any] | None:
+        """Did every rank take the routing decision rank 0 took for the same path? (DDP only)."""
+        if self.world == 1:
+            return None
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([(self.rank, r) for r in local_rows])
+        if not self.main:
+            return None
+        # Rank 0 recorded the whole global batch too: compare every other rank's own decisions with it.
+        routing = {}
+        for line in (self.train_dir / "routing.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            routing[(row["epoch"], row["path_key"])] = tuple(row["alpha"])
+        checked = mismatches = 0
+        for _r, (e, k, a) in gathered:
+            ref = routing.get((e, k))
+            if ref is None:
+                continue
+            checked += 1
+            mismatches += int(tuple(a) != tuple(ref))
+        if mismatches:
+            log.warning("routing differs across ranks for %d of %d paths", mismatches, checked)
+        return {"ranks": self.world, "checked": checked, "mismatches": mismatches}
+
+    def _finish(self, step: int, epoch: int, total_time: float, rank_check) -> dict[str, Any]:
+        import torch
+
+        from qrdistill.io import atomic_write_json, git_sha
+
+        out = self.train_dir
+        for s in self.students:
+            s.save_adapter(out / "adapters" / s.name)
+        if self.router is not None:
+            torch.save({"state_dict": self.router.state_dict(), "in_dim": self.router.in_dim,
+                        "num_students": self.S, "hidden": self.tc.router.hidden,
+                        "encoder": self.tc.router.encoder, "students": self.names}, out / "router.pt")
+        if self.mutual is not None:
+            torch.save({"state_dict": self.mutual.state_dict(), "hidden_sizes": self.mutual.hidden_sizes,
+                        "shared_dim": self.mutual.shared_dim, "students": self.names}, out / "mutual.pt")
+        never = sorted(self.never_grad)
+        if never:
+            log.warning("%d trainable tensors never received a gradient: %s", len(never), ", ".join(never[:10]))
+        rates = [x / max(self.rates_n, 1) for x in self.rates_sum]
+        summary = {
+            "method": self.tc.method,
+            "students": [{"name": s.name, "model": s.model, "trainable": st.trainable}
+                         for s, st in zip(self.tc.students, self.students, strict=True)],
+            "router": self.router is not None, "lambda_entropy": self.tc.lambda_entropy,
+            "lambda_mutual": self.tc.lambda_mutual, "frozen_peer": self.tc.frozen_peer,
+            "epochs": len(self.epoch_times), "steps": step, "steps_per_epoch": self.schedule.steps_per_epoch,
+            "time_per_epoch": self.epoch_times, "total_time": total_time,
+            "paths": len(self.items), "questions": len({it.qid for it in self.items}),
+            "routing_rate": dict(zip(self.names, rates, strict=True)),
+            "params_without_grad": never, "trainable_tensors": len(self.param_names),
+            "trainable_parameters": sum(p.numel() for p in self.params),
+            "world_size": self.world, "routing_rank_check": rank_check,
+            "fingerprint": self.fingerprint, "config": self.tc.model_dump(mode="json"),
+            "seed": self.cfg.seed, "git_sha": git_sha(),
+        }
+        summary.update(self.extra_summary)
+        atomic_write_json(out / "summary.json", summary)
+        if math.isfinite(total_time):
+            log.info("train: %d steps in %.1fs; adapters in %s", step, total_time, out / "adapters")
+        return summary
+
+    def close(self) -> None:
+        acc = getattr(self, "acc", None)
+        if acc is not None:
+            acc.end_training()
