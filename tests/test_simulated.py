@@ -16,7 +16,9 @@ from qrdistill.tasks import Record, get_task
 from qrdistill.tasks.procedural import PROCEDURAL_TASKS
 
 
-def _requests(task_name: str, n: int, styles=tuple(STYLES), samples: int = 1, split: str = "train") -> list[Request]:
+def _requests(
+    task_name: str, n: int, styles=tuple(STYLES), samples: int = 1, split: str = "train"
+) -> list[Request]:
     task = get_task(task_name)
     out = []
     for r in task.load(split, limit=n):
