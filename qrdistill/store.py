@@ -197,6 +197,20 @@ class Store:
         ).fetchone()[0]
         return {**dict(row), "stored_ok": stored}
 
+    def last_batch_id(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()[0])
+
+    def batch_totals(self, kind: str, after: int = 0) -> dict[str, int]:
+        """Sums over the `run_cached` batches of `kind` with id > `after` (i.e. since a moment)."""
+        row = self._db.execute(
+            """SELECT COUNT(*) AS batches, COALESCE(SUM(requested), 0) AS requested,
+                      COALESCE(SUM(cached), 0) AS cached, COALESCE(SUM(answered), 0) AS issued,
+                      COALESCE(SUM(failed), 0) AS failed, COALESCE(SUM(pending - answered), 0) AS unanswered
+               FROM batches WHERE kind = ? AND id > ?""",
+            (kind, after),
+        ).fetchone()
+        return {k: int(row[k]) for k in row.keys()}
+
     def integrity_ok(self) -> bool:
         rows = self._db.execute("PRAGMA integrity_check").fetchall()
         return len(rows) == 1 and rows[0][0] == "ok"

@@ -200,3 +200,56 @@ def test_failed_calls_are_reported_and_retried(tmp_path):
     with Store(run / "store.sqlite") as st:
         u = st.usage("teacher")
         assert (u["ok"], u["errors"], u["stored_ok"]) == (6, 2, 6)
+
+
+def test_llm_judge_calls_are_stored_resumed_and_failures_reported(tmp_path):
+    """The llm judge (real openai backend, local stub) shares the run's store: a re-run asks only
+    the judge calls that failed, and a failure makes filter exit non-zero after writing its artifacts."""
+    data = tmp_path / "gsm.jsonl"
+    qs = ["What is half of 84?", "FLAKY What is 40 plus 2?", "What is 6 times 7?", "What is 50 minus 8?"]
+    data.write_text("".join(json.dumps({"question": q, "answer": "steps\n#### 42"}) + "\n" for q in qs))
+    flaky = {"on": True}
+
+    def reply(prompt: str) -> str:
+        if "REASONING PATH" in prompt:
+            return "VERDICT: INVALID\nREASON: step two is made up." if "50 minus" in prompt else "VERDICT: VALID"
+        how = "print(42)" if "Use code" in prompt else "Step by step."  # styles differ, so judge prompts do
+        return f"{how} Subtracting gives 42. The answer is 42." if "minus" in prompt else f"{how} The answer is 42."
+
+    def status(prompt: str) -> int:
+        return 503 if flaky["on"] and "FLAKY" in prompt and "REASONING PATH" in prompt else 200
+
+    run = tmp_path / "run"
+    with OpenAIStub(reply=reply, status=status) as stub:
+        backend = {"kind": "openai", "base_url": stub.base_url, "model": "stub", "api_key_env": None,
+                   "max_retries": 1, "backoff_base": 0.01}
+        cfg = load_config(None, {
+            "run_dir": str(run), "tasks": [{"name": "gsm8k", "path": str(data)}],
+            "generate": {"styles": ["cot", "program"], "teacher": backend},
+            "filter": {"judge": {"kind": "llm", "backend": {**backend, "temperature": 0.0}}},
+        })
+        generate_stage.run(cfg, run)
+        with pytest.raises(QRDistillError, match="2 judge calls failed permanently"):
+            filter_stage.run(cfg, run)
+        report = json.loads((run / "filter_report.json").read_text())
+        assert report["judge_calls"]["failed"] == 2 and report["judge_calls"]["issued"] == 8
+        rows = read_rows(run / "filtered.jsonl")
+        assert [r["kept"] for r in rows if "FLAKY" in r["question"]] == [False, False]
+        assert all(r["judge"]["parsed"] is False for r in rows if "FLAKY" in r["question"])
+        assert [r["kept"] for r in rows if "minus" in r["question"]] == [False, False]
+        assert rows[0]["judge"] == {"valid": True, "reason": "", "parsed": True} or rows[0]["judge"]["valid"]
+
+        flaky["on"] = False
+        before = len(stub.requests)
+        report = filter_stage.run(cfg, run)
+        judge_requests = stub.requests[before:]
+        assert len(judge_requests) == 2 and all("FLAKY" in json.dumps(r["body"]) for r in judge_requests)
+        assert report["judge_calls"]["issued"] == 2 and report["judge_calls"]["cached"] == 6
+        assert report["overall"] == {"total": 8, "wrong_answer": 0, "judged_invalid": 2, "unparseable": 0,
+                                     "kept": 6}
+        before = len(stub.requests)
+        filter_stage.run(cfg, run)
+        assert len(stub.requests) == before  # fully resumed: nothing asked again
+    with Store(run / "store.sqlite") as st:
+        assert st.usage("judge")["stored_ok"] == 8 and st.reissued_keys() == []
+        assert st.usage("teacher")["stored_ok"] == 8

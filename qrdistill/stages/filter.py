@@ -14,7 +14,10 @@ keeps step 1 only.
 
 Judging is resumable: the `llm` judge stores its calls in `D/store.sqlite`
 (a re-run asks only what is missing); the `steps` judge is deterministic
-and cheap, so it simply runs again.
+and cheap, so it simply runs again. Judge calls that fail permanently follow
+generate's policy: the artifacts are written with those paths not kept, the
+report counts the failures (`judge_calls`), and the stage then raises so the
+CLI exits non-zero; running filter again retries only the failed calls.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from qrdistill.errors import QRDistillError
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +145,7 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
                         "(run `qrdistill generate` again to complete the pool)", failed, len(rows))
 
     fc = cfg.filter
+    judge_calls: dict[str, int] = {}
     judge_kind = fc.judge.kind if fc.enabled else None
     if not fc.enabled:
         mode = "disabled (ablation 'w/o quality filter'): every path kept, no answer check, no judge"
@@ -154,7 +160,7 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
             for r in correct:
                 r["kept"] = True
         elif correct:
-            verdicts = _judge(cfg, run_dir / STORE_FILE, correct, tqdm)
+            verdicts, judge_calls = _judge(cfg, run_dir / STORE_FILE, correct, tqdm)
             for r, v in zip(correct, verdicts, strict=True):
                 r["judge"] = v.to_dict()
                 r["kept"] = bool(v.valid and v.parsed)
@@ -167,16 +173,26 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
         "by_task": count_outcomes(rows, "task"),
         "by_style": count_outcomes(rows, "style"),
     }
+    if judge_calls.get("batches"):
+        report["judge_calls"] = judge_calls
     if any("planted" in r["meta"] for r in rows):
         report["planted"] = planted_metrics(rows)
     atomic_write_json(run_dir / REPORT_FILE, report)
     write_run_meta(run_dir, "filter", cfg, {"summary": {"paths": n, "kept": report["overall"]["kept"]}})
     _print_summary(report)
+    failed = judge_calls.get("failed", 0) + judge_calls.get("unanswered", 0)
+    if failed:
+        # Same policy as generate: artifacts are written (those paths count as not kept for now),
+        # and a non-zero exit stops `qrdistill run` from training on a pool judged only in part.
+        raise QRDistillError(
+            f"{failed} judge calls failed permanently; their paths are marked not kept in "
+            f"{run_dir / FILTERED_FILE} for now; run `qrdistill filter` again to retry only those calls"
+        )
     return report
 
 
-def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) -> list[Any]:
-    from qrdistill.errors import QRDistillError
+def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) -> tuple[list[Any], dict[str, int]]:
+    """Verdicts for `rows`, and the totals of the judge calls made through the store during this run."""
     from qrdistill.judges import get_judge
     from qrdistill.store import Store
 
@@ -189,6 +205,7 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
         bars[0].update(n)
 
     with Store(store_path) as store:
+        since = store.last_batch_id()
         judge = get_judge(cfg.filter.judge, store)
         try:
             verdicts = list(judge.judge(rows, progress=progress))
@@ -198,9 +215,10 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
             close = getattr(judge, "close", None)
             if close is not None:
                 close()
+        calls = store.batch_totals("judge", after=since)
     if len(verdicts) != len(rows):
         raise QRDistillError(f"judge {cfg.filter.judge.kind!r} returned {len(verdicts)} verdicts for {len(rows)} paths")
-    return verdicts
+    return verdicts, calls
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -216,6 +234,10 @@ def _print_summary(report: dict[str, Any]) -> None:
         for name, counts in report[group].items():
             print(line(name, counts))
     print(line("overall", report["overall"]))
+    if "judge_calls" in report:
+        c = report["judge_calls"]
+        print(f"  judge calls: {c['issued']} issued, {c['cached']} cached (already stored), "
+              f"{c['failed'] + c['unanswered']} failed")
     if "planted" in report:
         p = report["planted"]["overall"]
 
