@@ -29,38 +29,26 @@ from typing import Any
 
 from qrdistill.backends.base import BACKENDS, Backend, Completion, Request
 from qrdistill.errors import ConfigError
+from qrdistill.styles import STYLES
 from qrdistill.tasks.base import Record
+from qrdistill.tasks.procedural import PROCEDURAL_TASKS, shift_date
+from qrdistill.tasks.procedural import fmt_date as _fmt_date
+from qrdistill.tasks.procedural import parse_date as _parse_date
 
-PROCEDURAL_TASKS = ("procedural_date", "procedural_date_free", "procedural_arith")
-STYLES = ("vanilla", "cot", "tot", "program", "fact", "backward")
 RATE_FIELDS = ("wrong_answer_rate", "spurious_step_rate")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
 OP_SYMBOLS = {"+": ["+"], "-": ["-", "−"], "*": ["×", "*", "x"], "/": ["÷", "/"]}
 INVERSE_OP = {"+": "-", "-": "+", "*": "/", "/": "*"}
 
 
-def _fmt_date(d: dt.date) -> str:
-    return f"{d.month:02d}/{d.day:02d}/{d.year:04d}"
-
-
-def _parse_date(s: str) -> dt.date:
-    m, d, y = (int(x) for x in s.split("/"))
-    return dt.date(y, m, d)
-
-
 def _shift(d: dt.date, delta: int, unit: str) -> dt.date | None:
     """`d` moved by `delta` units, or None where a month shift would be ambiguous (day > 28)."""
-    if unit == "day":
-        out = d + dt.timedelta(days=delta)
-    elif unit == "week":
-        out = d + dt.timedelta(days=7 * delta)
-    else:
-        if d.day > 28:
-            return None
-        k = d.year * 12 + d.month - 1 + delta * (12 if unit == "year" else 1)
-        y, m = divmod(k, 12)
-        out = dt.date(y, m + 1, d.day)
-    return out if 1800 <= out.year <= 2200 else None
+    if unit in ("month", "year") and d.day > 28:
+        return None
+    try:
+        return shift_date(d, delta, unit)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _apply(op: str, a: Fraction, b: Fraction) -> Fraction:

@@ -27,6 +27,8 @@ from qrdistill.tasks import extract
 from qrdistill.tasks.base import TASKS, Record, Task
 
 SPLIT_SIZES = {"train": 2000, "test": 500}
+#: the family is one fixed set of questions (ids are stable across runs); a new seed makes a new family.
+FAMILY_SEED = 0
 #: one question in TEST_BUCKETS goes to test; the rest to train (by hash of the text).
 TEST_BUCKETS = 5
 
@@ -377,9 +379,9 @@ def _bucket(question: str) -> str:
     return "test" if h % TEST_BUCKETS == 0 else "train"
 
 
-def _generate(family: str, split: str, n: int, seed: int) -> list[tuple[str, list[dict[str, Any]], Any, int]]:
+def _generate(family: str, split: str, n: int) -> list[tuple[str, list[dict[str, Any]], Any, int]]:
     """The first `n` questions of `split`; the stream is fixed, so a smaller `n` is a prefix."""
-    rng = random.Random(f"qrdistill-procedural-{family}-{split}-{seed}")
+    rng = random.Random(f"qrdistill-procedural-{family}-{split}-{FAMILY_SEED}")
     out: list[tuple[str, list[dict[str, Any]], Any, int]] = []
     seen: set[str] = set()
     while len(out) < n:
@@ -399,12 +401,11 @@ def _generate(family: str, split: str, n: int, seed: int) -> list[tuple[str, lis
     return out
 
 
-def date_records(split: str, limit: int | None, multiple_choice: bool, seed: int = 0) -> list[Record]:
-    n = SPLIT_SIZES[split] if split in SPLIT_SIZES else 0
-    n = min(n, limit) if limit else n
+def date_records(split: str, limit: int | None, multiple_choice: bool) -> list[Record]:
+    n = min(SPLIT_SIZES[split], limit) if limit else SPLIT_SIZES[split]
     prefix = "pdate" if multiple_choice else "pdatefree"
     records = []
-    for i, (question, steps, stated, difficulty) in enumerate(_generate("date", split, n, seed)):
+    for i, (question, steps, stated, difficulty) in enumerate(_generate("date", split, n)):
         answer = steps[-1]["result"]
         meta: dict[str, Any] = {
             "difficulty": difficulty,
@@ -414,7 +415,7 @@ def date_records(split: str, limit: int | None, multiple_choice: bool, seed: int
         }
         if multiple_choice:
             # Options get their own stream, so the free form asks exactly the same questions.
-            orng = random.Random(f"qrdistill-options-{split}-{seed}-{question}")
+            orng = random.Random(f"qrdistill-options-{split}-{FAMILY_SEED}-{question}")
             options = _date_distractors(steps, parse_date(answer), orng) + [parse_date(answer)]
             orng.shuffle(options)
             choices = [fmt_date(d) for d in options]
@@ -430,9 +431,8 @@ def date_records(split: str, limit: int | None, multiple_choice: bool, seed: int
     return records
 
 
-def arith_records(split: str, limit: int | None, seed: int = 0) -> list[Record]:
-    n = SPLIT_SIZES[split] if split in SPLIT_SIZES else 0
-    n = min(n, limit) if limit else n
+def arith_records(split: str, limit: int | None) -> list[Record]:
+    n = min(SPLIT_SIZES[split], limit) if limit else SPLIT_SIZES[split]
     return [
         Record(
             id=f"parith-{split}-{i:06d}",
@@ -440,7 +440,7 @@ def arith_records(split: str, limit: int | None, seed: int = 0) -> list[Record]:
             answer=str(steps[-1]["result"]),
             meta={"difficulty": difficulty, "solution": steps, "family": "arith"},
         )
-        for i, (question, steps, _, difficulty) in enumerate(_generate("arith", split, n, seed))
+        for i, (question, steps, _, difficulty) in enumerate(_generate("arith", split, n))
     ]
 
 
