@@ -14,7 +14,11 @@ Retries are our own loop, not the client's (the client is built with
 valid JSON, and one loop makes the count exact: a request is sent at most
 ``max_retries + 1`` times, whatever went wrong. Retried: HTTP 408/409/429/5xx,
 timeouts (``timeout`` seconds for the whole attempt), connection errors and
-unparseable bodies. Every other status (400, 401, 403, 404, 422, ...) fails at
+unparseable bodies. The timeout is httpx's (connect, write, and each wait for
+response bytes; a non-streamed completion sends nothing until it is done, so
+for a hung or slow server it bounds the whole attempt); it does not count time
+spent in our own process, such as the client's lazy imports on first use, which
+under CPU load would otherwise time out requests that never left. Every other status (400, 401, 403, 404, 422, ...) fails at
 once. The wait before retry *n* (1-based) is the server's ``Retry-After`` (or
 ``retry-after-ms``; seconds or an HTTP date) when given, else an
 exponential backoff ``backoff_base * 2**(n-1)`` with equal jitter (between half
@@ -98,12 +102,13 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 class TokenBucket:
-    """Async client-side rate limit: at most `rate` acquisitions per `period` seconds, no burst above `rate`."""
+    """Async client-side rate limit: `rate` acquisitions per `period` seconds, in bursts of at most one
+    second's worth (providers often enforce a per-minute limit over shorter windows)."""
 
     def __init__(self, rate: float, period: float = 60.0) -> None:
-        self.capacity = float(rate)
         self.fill_per_s = rate / period
-        self.tokens = float(rate)
+        self.capacity = max(1.0, self.fill_per_s)
+        self.tokens = self.capacity
         self.updated = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -280,6 +285,7 @@ class OpenAIBackend(Backend):
         c = self.config
         start = time.monotonic()
         attempt = 0
+        retried: list[str] = []  # why each earlier attempt failed, kept with the completion
         while True:
             attempt += 1
             retry_after = None
@@ -287,7 +293,7 @@ class OpenAIBackend(Backend):
                 await limiter.acquire()
             t0 = time.monotonic()
             try:
-                resp = await asyncio.wait_for(self._send(client, req), timeout=c.timeout)
+                resp = await self._send(client, req)
                 comp = self._to_completion(resp)
             except openai.APIStatusError as e:
                 status = e.status_code
@@ -295,7 +301,7 @@ class OpenAIBackend(Backend):
                 if not (status in _RETRY_STATUS or status >= 500):
                     return self._failed(error, attempt, start)
                 retry_after = parse_retry_after(e.response.headers)
-            except (openai.APITimeoutError, asyncio.TimeoutError):
+            except openai.APITimeoutError:
                 error = f"timeout after {c.timeout:g}s"
             except openai.APIConnectionError as e:
                 error = f"connection error: {_short(str(e.__cause__ or e))}"
@@ -306,9 +312,12 @@ class OpenAIBackend(Backend):
                 comp.attempts = attempt
                 comp.latency = time.monotonic() - t0
                 comp.meta["elapsed"] = round(time.monotonic() - start, 4)
+                if retried:
+                    comp.meta["retried"] = retried
                 return comp
             if attempt > c.max_retries:
                 return self._failed(f"{error} (gave up after {attempt} attempts)", attempt, start)
+            retried.append(self.scrub(error))
             await asyncio.sleep(self.backoff_delay(attempt, retry_after))
 
     def _failed(self, error: str, attempts: int, start: float) -> Completion:

@@ -121,9 +121,13 @@ class LLMJudge(Judge):
                 )
             return verdicts
         finally:
+            # free a local judge model as soon as judging is done; a later call reloads it
             self.backend.close()
             if store is not self.store:
                 store.close()
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 __all__ = ["JUDGE_PROMPT", "LLMJudge", "build_judge_prompt", "parse_verdict"]
