@@ -50,6 +50,8 @@ class EvalTarget:
     model: str
     adapter: Path | None = None
     members: list[str] = field(default_factory=list)
+    #: the train method whose prompt this model answers (zero_shot for base models)
+    method: str = "zero_shot"
 
     @property
     def kind(self) -> str:
@@ -61,10 +63,10 @@ def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, An
     ecfg = cfg.evaluate
     limit = limit if limit is not None else ecfg.limit
     tasks = load_eval_tasks(cfg, limit)
-    targets, note = select_targets(cfg, run_dir)
+    method = train_method(run_dir)
+    targets, note = select_targets(cfg, run_dir, method)
     if note:
         log.info(note)
-    method = train_method(run_dir)
     write_run_meta(run_dir, "evaluate", cfg, {"students": [t.key for t in targets], "method": method})
 
     from qrdistill.evaluation.generation import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
@@ -141,7 +143,7 @@ def load_eval_tasks(cfg: Any, limit: int | None) -> list[EvalTask]:
     return out
 
 
-def select_targets(cfg: Any, run_dir: Path) -> tuple[list[EvalTarget], str | None]:
+def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[list[EvalTarget], str | None]:
     """Base models and/or trained adapters per `evaluate.students`; a note when training is absent."""
     students = list(cfg.train.students)
     which = cfg.evaluate.students
@@ -157,7 +159,7 @@ def select_targets(cfg: Any, run_dir: Path) -> tuple[list[EvalTarget], str | Non
                 f"(evaluate.students={which}): run `qrdistill train` first"
             )
     if which in ("trained", "all") or (which == "auto" and not missing):
-        trained = [EvalTarget(s.name, s.model, found[s.name]) for s in students]
+        trained = [EvalTarget(s.name, s.model, found[s.name], method=method) for s in students]
     elif which == "auto":
         note = (
             f"the train stage has not run (no adapters under {adapters_dir}): "
@@ -216,10 +218,17 @@ def predictions_path(run_dir: Path, key: str, task_label: str) -> Path:
     return run_dir / "eval" / student_dirname(key) / f"{task_label}.jsonl"
 
 
-def _prompt(et: EvalTask, record: Any) -> str:
+def _prompt(et: EvalTask, record: Any, target: EvalTarget) -> str:
+    """The prompt the model was trained on: the shared student prompt (step-by-step students: its
+    rationale form, which is the one that writes a reasoning path ending in the answer)."""
     from qrdistill.prompting import student_prompt
 
-    return student_prompt(et.task, et.task.prompt(record))
+    prompt = student_prompt(et.task, et.task.prompt(record))
+    if target.method == "step_by_step":
+        from qrdistill.train.data import RATIONALE_TAG
+
+        prompt = RATIONALE_TAG + prompt
+    return prompt
 
 
 def _row_key(target: EvalTarget, prompt: str, ecfg: Any) -> str:
@@ -256,7 +265,7 @@ def _valid_saved(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any) -> dict[
     out = {}
     for rec in et.records:
         r = rows.get(rec.id)
-        if r is not None and r.get("key") == _row_key(t, _prompt(et, rec), ecfg):
+        if r is not None and r.get("key") == _row_key(t, _prompt(et, rec, t), ecfg):
             out[rec.id] = r
     return out
 
@@ -281,7 +290,7 @@ def _evaluate(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any, model: Any,
     todo = [r for r in et.records if r.id not in saved]
     if todo:
         log.info("%s on %s: %d of %d questions to answer", t.key, et.label, len(todo), len(et.records))
-        prompts = [_prompt(et, r) for r in todo]
+        prompts = [_prompt(et, r, t) for r in todo]
 
         def save(indices: list[int], gens: list[Any]) -> None:
             with path.open("a", encoding="utf-8") as f:
