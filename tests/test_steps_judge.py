@@ -117,8 +117,8 @@ def test_tolerance_is_configurable() -> None:
 
 def test_gsm8k_human_solutions_are_judged_valid(shared_data) -> None:
     """The 1,319 GSM8K test solutions are correct (bar a few typos in the data): ≥ 97 % must pass.
-    Measured: 1,316 of 1,319 (99.8 %); the three flagged hold real slips ("364 / 4 = 273",
-    "$32 - $20 = $300")."""
+    Measured: 1,317 of 1,319 (99.8 %); the two flagged hold real slips ("364 / 4 = 273" for 3/4 of
+    364, "$32 - $20 = $300")."""
     rows = [json.loads(line) for line in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()]
     assert len(rows) == 1319
     verdicts = get_judge(StepsJudgeConfig()).judge([{"response": r["answer"]} for r in rows])

@@ -61,8 +61,8 @@ _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _TOKEN = re.compile(
     r"(?P<space>\s+)"
     # a number may touch an "x" ("$2000x 10"), never another letter ("2nd", "5km")
-    r"|(?P<num>(?<![\w.)])(?:-(?=\d))?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?(?![^\WxX])"
-    r"|(?<![\w.])\$?\.\d+%?(?![^\WxX]))"
+    r"|(?P<num>(?<![\w.)])(?:-(?=\d))?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?(?![^\WxX]|\.\d)"
+    r"|(?<![\w.])\$?\.\d+%?(?![^\WxX]|\.\d))"
     r"|(?P<word>[A-Za-z_][A-Za-z_']*)"
     r"|(?P<op>[+\-−–×*÷/])"
     r"|(?P<lp>\()|(?P<rp>\))|(?P<eq>=)"
