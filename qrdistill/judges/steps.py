@@ -11,10 +11,13 @@ It finds every checkable claim in free text and recomputes it:
 A path with any false claim is invalid; the reason quotes the first one and
 the true value. Text that only looks like arithmetic is ignored: the left side
 of `=` must contain an operator between numbers (so `x = a * b`, `Step 1 = ...`
-and `60 minutes = 1 hour` are not claims), and the right side must be a number.
-Rounded results ("10 / 3 = 3.33") pass when the true value rounds or truncates
-to the digits written. Month shifts from a day that the target month lacks
-("01/31 + 1 month") are ambiguous and not judged.
+and `60 minutes = 1 hour` are not claims), the whole run of arithmetic left of
+`=` is the expression (a run cut by a word, "9 hours * 2/3 = 6", is skipped rather
+than read as "2/3 = 6"), and the right side must be a number or an expression
+(chains "30 - 8 * 3 = 30 - 24 = 6"). Rounded decimals ("10 / 3 = 3.33") pass when
+the true value rounds or truncates to the decimals written; a whole-number result
+must be exact ("10 / 4 = 2" is false). Month shifts from a day that the target
+month lacks ("01/31 + 1 month") are ambiguous and not judged.
 """
 
 from __future__ import annotations
