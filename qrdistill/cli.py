@@ -89,11 +89,16 @@ def dispatch(args: argparse.Namespace) -> Any:
 
     if args.command == "run":
         results = {}
-        results["generate"] = _stage("generate").run(cfg, run_dir, **opts)
-        results["filter"] = _stage("filter").run(cfg, run_dir, **opts)
-        results["train"] = _stage("train").run(cfg, run_dir, **train_opts)
-        results["evaluate"] = _stage("evaluate").run(cfg, run_dir, **opts)
-        results["analyze"] = _stage("analyze").run([run_dir])
+        if "generate" in cfg.stages:
+            results["generate"] = _stage("generate").run(cfg, run_dir, **opts)
+        if "filter" in cfg.stages:
+            results["filter"] = _stage("filter").run(cfg, run_dir, **opts)
+        if "train" in cfg.stages:
+            results["train"] = _stage("train").run(cfg, run_dir, **train_opts)
+        if "evaluate" in cfg.stages:
+            results["evaluate"] = _stage("evaluate").run(cfg, run_dir, **opts)
+        if "analyze" in cfg.stages:
+            results["analyze"] = _stage("analyze").run([run_dir])
         return results
     if args.command == "train":
         return _stage("train").run(cfg, run_dir, **train_opts)

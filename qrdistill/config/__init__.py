@@ -10,7 +10,7 @@ when the value came from a file, its line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +37,11 @@ class RunConfig(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    stages: list[Literal["generate", "filter", "train", "evaluate", "analyze"]] = Field(
+        default_factory=lambda: ["generate", "filter", "train", "evaluate", "analyze"],
+        description="Stages `qrdistill run` executes, in pipeline order (the zero-shot baseline: "
+        "[evaluate, analyze]).",
+    )
 
     @field_validator("tasks")
     @classmethod
