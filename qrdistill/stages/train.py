@@ -73,9 +73,10 @@ def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = Fa
     trainer = Trainer(cfg, run_dir, items, steps, fingerprint, extra)
     try:
         trainer.setup()
-        log.info("train: %s, %d students, %d items from %d questions, %d steps (%d per epoch) on %d process(es)",
-                 tc.method, len(tc.students), len(items), len({it.qid for it in items}),
-                 trainer.total_steps, trainer.schedule.steps_per_epoch, trainer.world)
+        if trainer.main:
+                log.info("train: %s, %d students, %d items from %d questions, %d steps (%d per epoch) on %d process(es)",
+                     tc.method, len(tc.students), len(items), len({it.qid for it in items}),
+                     trainer.total_steps, trainer.schedule.steps_per_epoch, trainer.world)
         summary = trainer.run(resume)
         if trainer.main:
             write_run_meta(run_dir, "train", cfg, extra={"max_steps": steps, "resume": resume,

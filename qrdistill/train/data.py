@@ -11,8 +11,8 @@ Methods (one loop, different items):
 - step_by_step (Distilling Step-by-Step): the skd path, as two supervised
   outputs: "[rationale] <prompt>" -> the path, and "[answer] <prompt>" -> the
   gold final-answer line. Evaluate such students with the rationale prompt
-  (`method_prompt("step_by_step", ...)`, i.e. RATIONALE_TAG + the student prompt):
-  it is the one that produces a reasoning path ending in the answer.
+  (RATIONALE_TAG + the student prompt; the evaluate stage does): it is the one
+  that produces a reasoning path ending in the answer.
 """
 
 from __future__ import annotations
@@ -124,15 +124,6 @@ def _one_path_per_question(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             chosen[r["qid"]] = r
     order = {q: i for i, q in enumerate(dict.fromkeys(r["qid"] for r in rows))}
     return sorted(chosen.values(), key=lambda r: order[r["qid"]])
-
-
-def method_prompt(method: str, task_name: str, question: str) -> str:
-    """The prompt a student of `method` is trained on (and should be evaluated with)."""
-    from qrdistill.prompting import student_prompt
-    from qrdistill.tasks import get_task
-
-    prompt = student_prompt(get_task(task_name), question)
-    return RATIONALE_TAG + prompt if method == "step_by_step" else prompt
 
 
 def build_items(rows: list[dict[str, Any]], method: str) -> list[TrainItem]:

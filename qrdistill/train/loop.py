@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -125,7 +126,10 @@ class Trainer:
             log.warning("train.mixed_precision=%s ignored: no GPU (bf16 is slower than fp32 on CPU)",
                         tc.mixed_precision)
         others = [t for t in tc.trackers if t != "tensorboard"]
-        self.acc = Accelerator(mixed_precision=mp, log_with=others or None, project_dir=str(self.train_dir))
+        # Without a GPU, accelerate only sets up a (gloo) process group when told it runs on CPU.
+        cpu_ddp = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.acc = Accelerator(mixed_precision=mp, log_with=others or None, project_dir=str(self.train_dir),
+                               cpu=cpu_ddp)
         self.main = self.acc.is_main_process
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
@@ -562,26 +566,35 @@ class Trainer:
         return summary
 
     def _log_row(self, step, epoch, tau, lrs, dt, stats: list[StepStats]) -> dict[str, Any]:
+        """Per-step scalars; a student's distill loss is its mean over the paths it trained on (all ranks)."""
         import torch
 
-        n = len(stats)
+        S, n = self.S, len(stats)
         vec = torch.tensor(
-            [sum(s.distill[k] for s in stats) / n for k in range(self.S)]
-            + [sum(s.mutual for s in stats) / n, sum(s.co_routed for s in stats)], device=self.device)
+            [sum(st.distill[k] * st.paths_per_student[k] for st in stats) for k in range(S)]
+            + [sum(st.paths_per_student[k] for st in stats) for k in range(S)]
+            + [sum(st.mutual * st.co_routed for st in stats), sum(st.co_routed for st in stats)],
+            dtype=torch.float64, device=self.device)
         if self.world > 1:
-            vec = self.acc.reduce(vec, reduction="mean")
-        distill = vec[: self.S].tolist()
-        rates = [sum(s.routing_rate[k] for s in stats) / n for k in range(self.S)]
+            vec = self.acc.reduce(vec, reduction="sum")
+        vec = vec.tolist()
+        counts = vec[S: 2 * S]
+        distill = [vec[k] / counts[k] if counts[k] else None for k in range(S)]
+        co = vec[2 * S + 1]
+        mutual = vec[2 * S] / co if co else 0.0
+        entropy = sum(st.entropy for st in stats) / n
+        rates = [sum(st.routing_rate[k] for st in stats) / n for k in range(S)]
         self.rates_sum = [a + b for a, b in zip(self.rates_sum, rates, strict=True)]
         self.rates_n += 1
         row: dict[str, Any] = {"step": step, "epoch": epoch}
-        row["loss"] = (sum(distill) - self.tc.lambda_entropy * sum(s.entropy for s in stats) / n
-                       + self.tc.lambda_mutual * float(vec[self.S]))
-        for name, d in zip(self.names, distill, strict=True):
+        row["loss"] = (sum(d for d in distill if d is not None) - self.tc.lambda_entropy * entropy
+                       + self.tc.lambda_mutual * mutual)
+        for name, d, c in zip(self.names, distill, counts, strict=True):
             row[f"distill/{name}"] = d
-        row["entropy"] = sum(s.entropy for s in stats) / n
-        row["mutual"] = float(vec[self.S])
-        row["co_routed_paths"] = float(vec[self.S + 1]) * (self.world if self.world > 1 else 1)
+            row[f"paths/{name}"] = int(c)
+        row["entropy"] = entropy
+        row["mutual"] = mutual
+        row["co_routed_paths"] = int(co)
         for name, r in zip(self.names, rates, strict=True):
             row[f"routing_rate/{name}"] = r
         row["tau"] = tau
@@ -591,7 +604,10 @@ class Trainer:
         return row
 
     def _postfix(self, row: dict[str, Any]) -> str:
-        parts = [f"{n}={row[f'distill/{n}']:.3f}" for n in self.names]
+        def fmt(v):
+            return "-" if v is None else f"{v:.3f}"
+
+        parts = [f"{n}={fmt(row[f'distill/{n}'])}" for n in self.names]
         if self.router is not None:
             parts.append(f"H={row['entropy']:.3f}")
             parts.append("route=" + "/".join(f"{row[f'routing_rate/{n}']:.2f}" for n in self.names))
