@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from qrdistill.backends.base import Backend, Completion, Request
+from qrdistill.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,26 @@ class Store:
         self._secrets: set[str] = set()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per completion.
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise DataError(f"{self.path}: store schema version {version} is newer than this qrdistill "
+                                f"understands ({SCHEMA_VERSION}); upgrade qrdistill")
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            # Never delete or rewrite it: it may hold paid-for completions.
+            raise DataError(f"{self.path}: not a readable completion store ({e}); move it aside to start a "
+                            f"fresh one") from None
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -165,7 +179,8 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------------------------
     def get(self, key: str) -> Completion | None:
-        row = self._db.execute("SELECT * FROM completions WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT * FROM completions WHERE key = ?", (key,)).fetchone()
         return _row_to_completion(row) if row else None
 
     def get_ok(self, keys: Iterable[str]) -> dict[str, Completion]:
@@ -175,7 +190,9 @@ class Store:
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             q = f"SELECT * FROM completions WHERE status = 'ok' AND key IN ({','.join('?' * len(chunk))})"
-            for row in self._db.execute(q, chunk):
+            with self._lock:
+                rows = self._db.execute(q, chunk).fetchall()
+            for row in rows:
                 out[row["key"]] = _row_to_completion(row)
         return out
 

@@ -159,3 +159,14 @@ def test_bad_input_never_destroys_stored_work(tmp_path):
     again = cli("generate", *base, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "0 issued" in again.stdout and f"{n_paths} cached" in again.stdout
+
+
+def test_unreadable_store_is_reported_not_replaced(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    junk = b"\x00not sqlite\x00" * 500
+    (run / "store.sqlite").write_bytes(junk)
+    proc = cli("generate", "-d", str(run), "--limit", "1", cwd=tmp_path)
+    assert_one_clear_error(proc, "store.sqlite", "not a readable completion store")
+    assert (run / "store.sqlite").read_bytes() == junk
+    assert not (run / "paths.jsonl").exists()

@@ -171,3 +171,25 @@ def test_secret_is_redacted_from_errors(tmp_path, monkeypatch):
         assert secret not in out.stats["first_error"]
     for f in tmp_path.iterdir():
         assert secret.encode() not in f.read_bytes(), f
+
+
+def test_unreadable_store_is_a_clear_error_and_left_alone(tmp_path):
+    from qrdistill.errors import DataError
+
+    path = tmp_path / "store.sqlite"
+    junk = b"this is not a database, but it might be someone's work\n" * 100
+    path.write_bytes(junk)
+    with pytest.raises(DataError, match="not a readable completion store"):
+        Store(path)
+    assert path.read_bytes() == junk
+
+
+def test_newer_schema_is_refused(tmp_path):
+    from qrdistill.errors import DataError
+
+    path = tmp_path / "store.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(DataError, match="schema version 99"):
+        Store(path)

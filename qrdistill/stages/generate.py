@@ -98,11 +98,11 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
                     plan.append((task, record, style, k, question, user, req))
 
     n_questions = sum(len(r) for _, r in loaded)
-    log.info("generate: %d questions × %d styles × %d samples = %d paths from %s",
-             n_questions, len(styles), gen.samples_per_style, len(plan), backend.label)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with Store(run_dir / STORE_FILE) as store:
+            log.info("generate: %d questions × %d styles × %d samples = %d paths from %s",
+                     n_questions, len(styles), gen.samples_per_style, len(plan), backend.label)
             got = run_cached(backend, store, [p[-1] for p in plan], "teacher", "generate")
             usage = store.usage("teacher")
     finally:
