@@ -87,6 +87,9 @@ def test_generate_then_filter_via_stage_functions(tmp_path, capsys):
         assert sum(c["total"] for c in report[group].values()) == 36
     assert set(report["by_style"]) == set(STYLES)
     assert set(report["by_task"]) == {"procedural_date", "procedural_arith"}
+    for task, styles in report["by_task_style"].items():
+        assert set(styles) == set(STYLES)
+        assert sum(c["kept"] for c in styles.values()) == report["by_task"][task]["kept"]
     planted = report["planted"]
     assert planted["paths_with_planted_info"] == 36 and set(planted["by_style"]) == set(STYLES)
     on_disk = json.loads((run / "filter_report.json").read_text())

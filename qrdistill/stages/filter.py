@@ -172,6 +172,9 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
         "overall": count_outcomes(rows, None)["all"] if rows else dict.fromkeys(OUTCOMES, 0),
         "by_task": count_outcomes(rows, "task"),
         "by_style": count_outcomes(rows, "style"),
+        "by_task_style": {
+            t: count_outcomes([r for r in rows if r["task"] == t], "style") for t in dict.fromkeys(r["task"] for r in rows)
+        },
     }
     if judge_calls.get("batches"):
         report["judge_calls"] = judge_calls
