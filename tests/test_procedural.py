@@ -117,7 +117,8 @@ def test_shortcut_baselines_stay_near_chance(split: str) -> None:
     base = shortcut_baselines(recs)
     assert set(base) >= {"nearest_date", "first_option", "most_common_letter", "middle_date"}
     for name, acc in base.items():
-        assert acc <= 0.30, (name, acc, base)
+        # near 1/6 from both sides: an option that is never the answer is a tell as well
+        assert 0.08 <= acc <= 0.30, (name, acc, base)
 
 
 def test_shortcut_baseline_detects_a_shortcut() -> None:

@@ -219,7 +219,7 @@ def _slip(d: dt.date, rng: random.Random) -> dt.date | None:
     return out if 1900 <= out.year <= 2099 else None
 
 
-def _date_distractors(steps: list[dict[str, Any]], answer: dt.date, rng: random.Random) -> list[dt.date]:
+def _cluster(steps: list[dict[str, Any]], answer: dt.date, rng: random.Random) -> list[dt.date]:
     """Five wrong options: results of whole-step mistakes (skipped, sign-flipped, wrong unit) and
     small slips (a day, a week, a month, a year) off other options.
 
@@ -247,6 +247,26 @@ def _date_distractors(steps: list[dict[str, Any]], answer: dt.date, rng: random.
         if d is not None and d not in options:
             options.append(d)
     return options[1:]
+
+
+def _date_distractors(steps: list[dict[str, Any]], answer: dt.date, rng: random.Random) -> list[dt.date]:
+    """Five wrong options (see `_cluster`), drawn until the number of options nearer than the
+    answer to the question's date hits a rank picked uniformly: for an answer a few days from
+    the question's date the slips would otherwise mostly lie farther out, and "pick the option
+    nearest the question's date" would beat chance."""
+    question_date = parse_date(steps[0]["from"])
+    target = rng.randrange(6)
+    best: tuple[int, list[dt.date]] | None = None
+    for _ in range(12):
+        wrong = _cluster(steps, answer, rng)
+        gap = abs((answer - question_date).days)
+        rank = sum(abs((d - question_date).days) < gap for d in wrong)
+        if best is None or abs(rank - target) < best[0]:
+            best = (abs(rank - target), wrong)
+        if rank == target:
+            break
+    assert best is not None
+    return best[1]
 
 
 # ---------------------------------------------------------------- arithmetic
