@@ -110,29 +110,43 @@ def test_routed_distill_loss_averages_over_routed_paths():
     route = torch.tensor([1.0, 0.0, 1.0])
     assert routed_distill_loss(nll, weight, mask, route).item() == pytest.approx((1.0 + 3.0) / 2)
     assert routed_distill_loss(nll, weight, mask, torch.ones(3)).item() == pytest.approx(7.0 / 3)
-    # Nothing routed: zero loss, zero gradient for the student.
-    logits = nll.clone().requires_grad_(True)
-    loss = routed_distill_loss(logits, weight, mask, torch.zeros(3))
+    # Nothing routed: zero loss, zero gradient for the student and the router.
+    student_nll = nll.clone().requires_grad_(True)
+    route = torch.zeros(3, requires_grad=True)
+    loss = routed_distill_loss(student_nll, weight, mask, route)
     loss.backward()
-    assert loss.item() == 0.0 and logits.grad.abs().sum() == 0.0
+    assert loss.item() == 0.0 and student_nll.grad.abs().sum() == 0.0 and route.grad.abs().sum() == 0.0
 
 
-def test_routed_distill_loss_router_gradient_pushes_high_loss_paths_down():
+def test_routed_distill_loss_router_gradient_is_centred_on_the_students_mean():
     nll, weight, mask = _batch()  # path losses 1, 3, 3
     nll = nll.clone()
-    nll[2, 2:] = 6.0  # path 2 now has loss 6
+    nll[2, 2:] = 6.0  # path 2 now has loss 6; mean over the three routed paths 10/3
     route = torch.ones(3, requires_grad=True)
     routed_distill_loss(nll, weight, mask, route).backward()
-    # ∂L/∂alpha_j = ℓ_j / n_s: positive, proportional to the path's loss.
-    assert route.grad.tolist() == pytest.approx([1.0 / 3, 3.0 / 3, 6.0 / 3])
+    # ∂L/∂alpha_j = (ℓ_j − L) / n_s: above-mean paths pushed away, below-mean pulled in,
+    # and no net push on the routing rate.
+    assert route.grad.tolist() == pytest.approx([(1 - 10 / 3) / 3, (3 - 10 / 3) / 3, (6 - 10 / 3) / 3])
+    assert route.grad.sum().item() == pytest.approx(0.0, abs=1e-6)
 
     # Through the straight-through Gumbel sample: one descent step on the routing logits
-    # lowers P(route) most for the path with the highest loss.
+    # lowers P(route) for the highest-loss path and raises it for the lowest.
     logits = torch.full((3,), 0.5, requires_grad=True)
     alpha = gumbel_multi_hot(logits[:, None], None, tau=1.0)[:, 0]
     routed_distill_loss(nll, weight, mask, alpha).backward()
-    assert (logits.grad > 0).all()
+    assert logits.grad[2] > 0 > logits.grad[0]
     assert logits.grad[2] > logits.grad[1] > logits.grad[0]
+
+
+def test_routed_distill_loss_unrouted_rows_with_real_losses():
+    # When the loop runs a student on every path (peer_paths: all), an unrouted path
+    # whose loss is below the routed mean is pulled towards the student.
+    nll, weight, mask = _batch()  # path losses 1, 3, 3
+    route = torch.tensor([0.0, 1.0, 1.0], requires_grad=True)
+    loss = routed_distill_loss(nll, weight, mask, route)
+    assert loss.item() == pytest.approx(3.0)
+    loss.backward()
+    assert route.grad[0].item() == pytest.approx((1.0 - 3.0) / 2)
 
 
 def test_routed_distill_loss_trains_the_student_only_on_its_paths():

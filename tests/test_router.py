@@ -217,3 +217,37 @@ def test_path_encoder_minilm_matches_hf_mean_pooling(minilm_path):
     assert torch.allclose(torch.nn.functional.normalize(hf, dim=-1), emb, atol=1e-4)
     sims = emb @ emb.T
     assert sims[0, 1] < sims[1, 2]
+
+
+def _train_router_on_fixed_losses(seed: int, lambda_entropy: float, steps: int = 150):
+    """Two styles; student 0 fits style 0 (path loss 1 vs 3), student 1 fits style 1."""
+    from qrdistill.train.losses import assignment_entropy, total_objective
+
+    torch.manual_seed(seed)
+    P, T, B = 64, 4, 16
+    style = torch.arange(P) % 2
+    h = torch.cat([torch.nn.functional.one_hot(style, 2).float(), torch.zeros(P, 6)], 1) + 0.1 * torch.randn(P, 8)
+    loss = torch.where(style[:, None] == torch.arange(2)[None], 1.0, 3.0)
+    router = Router(8, 2, hidden=16)
+    ones, mask = torch.ones(B, T), torch.ones(B, T, dtype=torch.bool)
+    for step in range(steps):
+        idx = torch.randperm(P)[:B]
+        noise = routing_noise([f"p{i}" for i in idx.tolist()], epoch=step, seed=seed, num_students=2)
+        alpha = gumbel_multi_hot(router(h[idx]), noise, tau=1.0)
+        nll = loss[idx][:, :, None].expand(-1, -1, T)
+        distill = [routed_distill_loss(nll[:, s], ones, mask, alpha[:, s]) for s in range(2)]
+        objective = total_objective(distill, assignment_entropy(alpha), torch.zeros(()), lambda_entropy, 0.0)
+        router.zero_grad()
+        objective.backward()
+        with torch.no_grad():
+            for p in router.parameters():
+                p -= 0.1 * p.grad
+    probs = assignment_probabilities(router(h))
+    return torch.stack([probs[style == a].mean(dim=0) for a in range(2)])  # [style, student]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_router_learns_to_send_each_style_to_the_student_that_fits_it(seed):
+    rate = _train_router_on_fixed_losses(seed, lambda_entropy=1.0)
+    assert rate[0, 0] > 0.6 and rate[1, 1] > 0.6
+    assert rate[0, 1] < 0.2 and rate[1, 0] < 0.2

@@ -78,18 +78,24 @@ def routed_distill_loss(
 ) -> Tensor:
     """``L_distill^(s)`` of eq. 9: one student's SFT loss on the paths routed to it (scalar).
 
-    ``token_nll, loss_weight, response_mask [B, T]``; ``route_weight [B] = alpha[:, s]``.
-    ``L = Σ_j alpha_j · ℓ_j / max(1, Σ_j alpha_j.detach())``: the mean loss over the
-    student's routed paths, whatever its routing rate (so routing never acts as a hidden
-    learning-rate scale). The count is detached, so the router's gradient is
-    ``∂L/∂alpha_j = ℓ_j / n_s ≥ 0``: a path with a higher loss for student s has its
-    ``alpha_j[s]`` pushed down harder; the entropy term supplies the opposite pressure.
-    It needs ``ℓ_j`` only where ``alpha_j = 1`` (rows of unrouted paths may hold zeros),
-    so the loop can skip a student's forward pass on paths not routed to it.
+    ``token_nll, loss_weight, response_mask [B, T]``; ``route_weight [B] = alpha[:, s]``
+    (straight-through: 0/1 forward, soft gradient). ``L = Σ_j alpha_j·ℓ_j / Σ_j alpha_j``,
+    the mean of ``ℓ_j = path_nll(...)`` over the student's routed paths, so routing never
+    acts as a hidden learning-rate scale (each routed path's tokens get weight ``1/n_s``).
+    The denominator is NOT detached, which makes the router's gradient centred:
+    ``∂L/∂alpha_j = (ℓ_j − L) / n_s`` — a path whose loss is above the student's mean is
+    pushed away from it, one below is pulled towards it, and the distill term exerts no
+    net push on the routing rate (with a detached count every ``∂L/∂alpha_j = ℓ_j/n_s >
+    0`` and the router drifts towards routing nothing; the entropy term alone governs the
+    rate here). Only rows of routed paths need real ``ℓ_j``; when nothing is routed the
+    loss is 0 and carries no gradient.
     """
     ell = path_nll(token_nll, loss_weight, response_mask)
     r = route_weight.to(ell.dtype)
-    return (r * ell).sum() / r.detach().sum().clamp_min(1.0)
+    total = r.sum()
+    routed = (total.detach() > 0).to(ell.dtype)
+    # Tensor ops only (no .item()): no host sync per student on GPU.
+    return routed * (r * ell).sum() / (total + (1.0 - routed))
 
 
 def _masked_span_mean(z: Tensor, mask: Tensor) -> Tensor:
