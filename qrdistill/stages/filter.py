@@ -106,14 +106,15 @@ def planted_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _limit_questions(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
     if limit is None:
         return rows
-    seen: dict[str, list[str]] = defaultdict(list)
+    """The paths of the first `limit` questions of each task (in file order)."""
+    seen: dict[str, set[str]] = defaultdict(set)
     out = []
     for r in rows:
         qids = seen[r["task"]]
         if r["qid"] not in qids:
             if len(qids) >= limit:
                 continue
-            qids.append(r["qid"])
+            qids.add(r["qid"])
         out.append(r)
     return out
 

@@ -81,6 +81,9 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
             raise DataError(f"{spec.path or spec.name}: question id {dup!r} appears twice")
         loaded.append((task, records))
     backend = get_backend(gen.teacher, "generate.teacher")
+    if gen.samples_per_style > 1 and gen.teacher.temperature == 0:
+        log.warning("generate.samples_per_style is %d but generate.teacher.temperature is 0: a deterministic "
+                    "teacher writes the same path for every sample", gen.samples_per_style)
 
     # (task, record, style, sample, user message, request) in output order.
     plan = []
