@@ -2,7 +2,8 @@
 
 50 questions × 6 styles = 300 simulated teacher calls, each taking a small
 latency, so a run lasts several seconds. The real CLI is started and killed
-with SIGKILL four times after a random 0.5–3 s, then run to completion.
+with SIGKILL four times, each a random 0.5–3 s after that run began storing
+completions, then run to completion.
 Checked: every completion committed before a kill survives it; the store
 stays intact (PRAGMA integrity_check) after every kill; the final paths.jsonl
 has exactly the 300 expected unique paths; no key was ever asked again after
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS, STYLES = 50, 6
 EXPECTED = QUESTIONS * STYLES
-LATENCY = 0.04  # seconds per simulated call: a full run takes ~12 s, longer than the four kill windows
+LATENCY = 0.05  # seconds per simulated call: a full run takes 15 s, longer than the four kill windows together
 
 
 def _stored_ok(db_path: Path) -> int:
@@ -56,7 +57,13 @@ def test_kill_minus_nine_then_resume(tmp_path):
 
     partial_kills = 0
     for _ in range(4):
+        stored_at_launch = _stored_ok(db_path)
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Count the random delay from the moment this run starts storing, so that a slow start on a
+        # busy machine cannot turn the kills into kills before any work.
+        deadline = time.monotonic() + 60
+        while _stored_ok(db_path) == stored_at_launch and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(rng.uniform(0.5, 3.0))
         seen_before_kill = _stored_ok(db_path)
         proc.send_signal(signal.SIGKILL)
@@ -71,7 +78,7 @@ def test_kill_minus_nine_then_resume(tmp_path):
             db = sqlite3.connect(db_path)
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok", why
             db.close()
-    assert partial_kills >= 2, f"too few kills landed mid-generation {why}"
+    assert partial_kills == 4, f"a kill did not land mid-generation {why}"
 
     stored_before_final = _stored_ok(db_path)
     final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
