@@ -180,7 +180,7 @@ def test_shared_base_is_loaded_once(tmp_path, tiny, monkeypatch):
     cfg = load_config(None, {
         "run_dir": str(run_dir), "tasks": [{"name": "procedural_arith", "limit": 2}],
         "train": {"students": [{"name": "a", "model": tiny[0]}, {"name": "b", "model": tiny[0]}]},
-        "evaluate": {"max_new_tokens": 4, "students": "all"},
+        "evaluate": {"max_new_tokens": 4, "students": "all", "limit": 2},
     })
     for name in ("a", "b"):
         save_trained_adapters(tmp_path / name, tiny)
