@@ -5,9 +5,13 @@ Any generate backend can judge (`filter.judge.backend`). Calls go through the
 run's completion store (`run_cached`, kind ``judge``), so verdicts survive a
 killed run, are never paid twice, and their token usage is recorded.
 
-The prompt ends with ``VERDICT:`` so one text serves both kinds of model: a
-base model served in plain-completions mode continues it with the verdict
-word, and a chat model answers the two requested lines. The parser reads the
+The prompt states the criterion, shows two worked verdicts (a valid path and
+one with a right answer but a wrong step, each followed by ``VERDICT:`` and
+``REASON:`` lines), then the path to judge, and ends with ``VERDICT:``. So one
+text serves both kinds of model: a base model served in plain-completions mode
+continues the pattern with the verdict word and a reason (without the examples
+Gemma-3-270M just echoed the format description), and a chat model answers the
+same two lines. The parser reads the
 reply as if it followed that ``VERDICT:`` and takes the last explicit
 ``VERDICT: VALID|INVALID``; only an explicit VALID keeps a path, and anything
 else is an invalid, unparsed verdict (the paper keeps only paths marked valid).
@@ -24,22 +28,35 @@ from qrdistill.backends.base import Request
 from qrdistill.errors import ConfigError
 from qrdistill.judges.base import JUDGES, Judge, Verdict
 
-JUDGE_PROMPT = """You are checking the reasoning of a worked solution, step by step.
+JUDGE_PROMPT = """You check worked solutions for hallucinated or spurious intermediate steps: a false fact, \
+wrong arithmetic, or a leap that the earlier steps do not justify. A path can reach the right final answer \
+and still contain such a step; then it is INVALID. It is VALID only if every step is true and follows from \
+what came before. Answer with the verdict, VALID or INVALID, then one line starting with REASON: that \
+names the first bad step or says why every step holds.
+
+QUESTION:
+Tom has 3 boxes of 4 pens and gives away 5 pens. How many pens does he have left?
+
+REASONING PATH:
+3 boxes of 4 pens make 3 * 4 = 12 pens. Giving away 5 leaves 12 - 5 = 7. The answer is 7.
+
+VERDICT: VALID
+REASON: Both calculations are right and each step follows from the question.
+
+QUESTION:
+A shirt costs $20 and is discounted by 25%. What is the new price?
+
+REASONING PATH:
+25% of $20 is $4, so the discount takes $5 off. $20 - $5 = $15. The answer is 15.
+
+VERDICT: INVALID
+REASON: 25% of $20 is $5, not $4, and the next step does not follow from it.
 
 QUESTION:
 {question}
 
 REASONING PATH:
 {path}
-
-Does this reasoning path contain any hallucinated or spurious intermediate step: a false fact, wrong \
-arithmetic, or a leap that the earlier steps do not justify? A path can reach the right final answer and \
-still contain such a step; then it is INVALID. It is VALID only if every step is true and follows from \
-what came before.
-
-Reply with exactly two lines in this format:
-VERDICT: <VALID or INVALID>
-REASON: <one sentence naming the first bad step, or saying why every step holds>
 
 VERDICT:"""
 
