@@ -297,3 +297,32 @@ def test_shape_mismatch_is_reported():
         head([torch.randn(2, 3, 8), torch.randn(2, 3, 7)], mask, detach_target=False)
     with pytest.raises(ValueError, match="projections"):
         head([torch.randn(2, 3, 8)], mask, detach_target=False)
+
+
+def test_collaboration_reaches_real_students_with_different_tokenizers(tmp_path):
+    """Real tiny LoRA students (Llama + byte BPE, GPT-2 + unigram) through span alignment."""
+    from qrdistill.train.alignment import align_students
+    from qrdistill.train.students import load_students
+    from tests.tiny_models import make_tiny_students
+
+    paths = make_tiny_students(tmp_path)
+    students = load_students([{"name": "llama", "model": paths[0]}, {"name": "gpt2", "model": paths[1]}])
+    prompts = ["Question: Jane has 12 apples and buys 30 more. How many?\n", "Q: 7 * 8 - 6?\n"]
+    responses = ["She has 12 + 30 = 42 apples. The answer is 42.", "First, 7 * 8 = 56. Then 56 - 6 = 50."]
+    batches = [s.encode(prompts, responses, max_length=64) for s in students]
+    outputs = [s.forward(b) for s, b in zip(students, batches, strict=True)]
+    pooled, span_mask = align_students(outputs, batches)
+    head = MutualHead([s.hidden_size for s in students], shared_dim=8)
+    alpha = torch.ones(2, 2)
+    out = head(pooled, span_mask, detach_target=False, pair_weight=peer_pair_weight(alpha, "co_routed"))
+    assert out.loss.item() > 0 and torch.isfinite(out.gamma).all()
+    out.loss.backward(retain_graph=True)
+    for s in students:
+        grads = [p.grad for p in s.trainable_parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0, f"{s.name} gets no mutual gradient"
+    distill = [
+        routed_distill_loss(o.token_nll, b.loss_weight, b.response_mask, alpha[:, i])
+        for i, (o, b) in enumerate(zip(outputs, batches, strict=True))
+    ]
+    assert all(d.item() > 0 for d in distill)
+    total_objective(distill, assignment_entropy(alpha), out.loss, 0.1, 0.1).backward()
