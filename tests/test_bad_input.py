@@ -170,3 +170,20 @@ def test_unreadable_store_is_reported_not_replaced(tmp_path):
     assert_one_clear_error(proc, "store.sqlite", "not a readable completion store")
     assert (run / "store.sqlite").read_bytes() == junk
     assert not (run / "paths.jsonl").exists()
+
+
+def test_second_process_on_the_same_run_dir_is_refused(tmp_path):
+    from filelock import FileLock
+
+    from qrdistill.stages.generate import LOCK_FILE
+
+    run = tmp_path / "run"
+    ok = cli("generate", "-d", str(run), "--limit", "1", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    before = _digest(run / "paths.jsonl")
+    with FileLock(str(run / LOCK_FILE)):  # stands in for a generate still running
+        for stage in ("generate", "filter"):
+            proc = cli(stage, "-d", str(run), "--limit", "1", cwd=tmp_path)
+            assert_one_clear_error(proc, "another qrdistill process", f"qrdistill {stage}")
+    assert _digest(run / "paths.jsonl") == before
+    assert cli("filter", "-d", str(run), cwd=tmp_path).returncode == 0  # released: runs again

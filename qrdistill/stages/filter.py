@@ -120,6 +120,16 @@ def _limit_questions(rows: list[dict[str, Any]], limit: int | None) -> list[dict
 
 
 def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
+    from qrdistill.io import require_artifact
+    from qrdistill.stages.generate import PATHS_FILE, run_dir_lock
+
+    run_dir = Path(run_dir)
+    require_artifact(run_dir / PATHS_FILE, "generate")
+    with run_dir_lock(run_dir, "filter"):
+        return _run(cfg, run_dir, limit)
+
+
+def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from qrdistill.io import (
@@ -132,7 +142,6 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
     )
     from qrdistill.stages.generate import PATHS_FILE, STORE_FILE
 
-    run_dir = Path(run_dir)
     paths_file = require_artifact(run_dir / PATHS_FILE, "generate")
     rows = read_jsonl(paths_file, required=("qid", "task", "style", "prompt", "response", "correct"))
     for r in rows:

@@ -20,8 +20,10 @@ inspect the partial result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,32 @@ log = logging.getLogger(__name__)
 
 PATHS_FILE = "paths.jsonl"
 STORE_FILE = "store.sqlite"
+LOCK_FILE = ".qrdistill.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, stage: str) -> Iterator[None]:
+    """Refuse to run while another stage works on the same run dir.
+
+    Two generate (or filter) processes on one store would each ask the same
+    pending keys, paying twice. The lock is an OS file lock, so a process
+    killed with -9 releases it.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise QRDistillError(
+            f"{run_dir}: another qrdistill process is working on this run dir; wait for it to finish "
+            f"(or stop it) before running `qrdistill {stage}`"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _cap(a: int | None, b: int | None) -> int | None:
@@ -57,13 +85,18 @@ def path_meta(record: Any, completion: Any) -> dict[str, Any]:
 
 
 def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    with run_dir_lock(run_dir, "generate"):
+        return _run(cfg, run_dir, limit)
+
+
+def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     from qrdistill.backends import Request, get_backend
     from qrdistill.io import atomic_write_jsonl, write_run_meta
     from qrdistill.store import Store, run_cached
     from qrdistill.styles import render, resolve_styles
     from qrdistill.tasks import get_task
 
-    run_dir = Path(run_dir)
     gen = cfg.generate
     # Validate everything the user wrote before loading data or asking anyone.
     styles = resolve_styles(gen.styles, gen.custom_styles)
