@@ -143,7 +143,7 @@ def test_report_has_every_plot_and_table(tmp_path):
     assert results.splitlines()[0].split("|")[5:8] == [" procedural_date ", " procedural_arith ", " average "]
     assert results.count("Zero-shot") == 1  # the base model evaluated by every run, shown once
     assert "QR-Distill" in results and "Answer Aug (SFT)" in results
-    assert (out / "results.csv").read_text().startswith("model,method,run,student,procedural_date_accuracy")
+    assert (out / "results.csv").read_text().startswith("model,method,variant,run,student,procedural_date_accuracy")
     # Table 3: joint run 11 s/epoch vs 8 + 9 s separately.
     assert "0.65" in report
     # Filter counts per style, and provenance of every run.

@@ -70,11 +70,13 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
         atomic_write_text(out / "results.md", tables.results_markdown(rows, task_cols))
         atomic_write_text(out / "results.csv", tables.results_csv(rows, task_cols))
         md += [tables.results_markdown(rows, task_cols), "CSV: [results.csv](results.csv)", ""]
+        shortcuts: dict[tuple[str, str], list[str]] = {}
         for r in runs:
             for task, values in ((r.eval_summary or {}).get("shortcut_baselines") or {}).items():
-                md.append(f"Answer-free shortcut baselines on {task} ({r.name}): "
-                          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in values.items()) + "\n")
-                break
+                text = ", ".join(f"{k} {100 * v:.1f}%" for k, v in values.items())
+                shortcuts.setdefault((task, text), []).append(r.name)
+        for (task, text), names in shortcuts.items():
+            md.append(f"Answer-free shortcut baselines on {task} ({', '.join(names)}): {text}\n")
     lacking = [r for r in runs if r.eval_summary is None]
     if lacking:
         md.append(_missing("evaluation (eval/summary.json)", "evaluate", lacking))

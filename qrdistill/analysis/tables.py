@@ -64,6 +64,34 @@ class RunLogs:
     def data_fraction(self) -> float:
         return float(((self.config.get("train") or {}).get("data_fraction")) or 1.0)
 
+    @property
+    def variant(self) -> str:
+        """The paper's ablation names for the switches this run turned (Table 2), e.g. "w/o Route"."""
+        if self.train_summary is None:
+            return ""
+        train = self.config.get("train") or {}
+        filt = (self.meta.get("filter") or {}).get("config", {}).get("filter") or self.config.get("filter") or {}
+        parts = []
+        if filt.get("enabled") is False:
+            parts.append("w/o QF")
+        if self.method == "qrdistill" and not train.get("single_student"):
+            if (train.get("router") or {}).get("enabled") is False:
+                parts.append("w/o Route")
+            if train.get("lambda_mutual") == 0:
+                parts.append("w/o Collab")
+        if train.get("frozen_peer"):
+            parts.append(f"frozen {train['frozen_peer']}")
+        if train.get("single_student"):
+            parts.append("single student")
+        if self.data_fraction < 1.0:
+            parts.append(f"{100 * self.data_fraction:g}% data")
+        return ", ".join(parts)
+
+
+def model_label(model: str) -> str:
+    """A short name for a model: local paths by their folder name."""
+    return Path(model).name if ("/" in model or "\\" in model) else model
+
 
 def load_run(path: str | Path) -> RunLogs:
     path = Path(path)
@@ -113,8 +141,9 @@ def results_rows(runs: list[RunLogs]) -> tuple[list[dict[str, Any]], list[str]]:
                 method = "zero_shot"
             else:
                 method = run.method
-            rows.append({"model": st.get("model", ""), "method": method, "run": run.name, "student": key,
-                         "cells": st.get("tasks", {}), "average": st.get("average")})
+            rows.append({"model": model_label(st.get("model", "")), "method": method,
+                         "variant": "" if method == "zero_shot" else run.variant, "run": run.name,
+                         "student": _student_label(key), "cells": st.get("tasks", {}), "average": st.get("average")})
         for key, ens in s.get("ensembles", {}).items():
             members = list(ens.get("members", []))
             base = all(s["students"].get(m, {}).get("kind") == "base" for m in members)
@@ -123,13 +152,18 @@ def results_rows(runs: list[RunLogs]) -> tuple[list[dict[str, Any]], list[str]]:
                 if ident in seen_base:
                     continue
                 seen_base.add(ident)
-            models = sorted({s["students"].get(m, {}).get("model", "") for m in members})
+            models = sorted({model_label(s["students"].get(m, {}).get("model", "")) for m in members})
             rows.append({"model": " + ".join(models), "method": "zero_shot" if base else run.method,
-                         "run": run.name, "student": f"{key} ({' + '.join(members)})",
+                         "variant": "" if base else run.variant, "run": run.name,
+                         "student": f"{key} ({' + '.join(_student_label(m) for m in members)})",
                          "cells": ens.get("tasks", {}), "average": ens.get("average")})
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r["model"], order.get(r["method"], len(order)), r["run"], r["student"]))
     return rows, tasks
+
+
+def _student_label(key: str) -> str:
+    return "base:" + model_label(key[5:]) if key.startswith("base:") else key
 
 
 def _pct(x: Any) -> str:
@@ -144,7 +178,7 @@ def results_markdown(rows: list[dict[str, Any]], tasks: list[str]) -> str:
         for t in tasks:
             a = r["cells"].get(t)
             cells.append("–" if a is None else f"{_pct(a['accuracy'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]")
-        label = METHOD_NAMES.get(r["method"], r["method"])
+        label = METHOD_NAMES.get(r["method"], r["method"]) + (f" ({r['variant']})" if r["variant"] else "")
         out.append("| " + " | ".join([r["model"], label, r["run"], r["student"], *cells, _pct(r["average"])]) + " |")
     return "\n".join(out) + "\n"
 
@@ -152,12 +186,12 @@ def results_markdown(rows: list[dict[str, Any]], tasks: list[str]) -> str:
 def results_csv(rows: list[dict[str, Any]], tasks: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    head = ["model", "method", "run", "student"]
+    head = ["model", "method", "variant", "run", "student"]
     for t in tasks:
         head += [f"{t}_accuracy", f"{t}_ci_low", f"{t}_ci_high", f"{t}_n"]
     w.writerow(head + ["average"])
     for r in rows:
-        line = [r["model"], r["method"], r["run"], r["student"]]
+        line = [r["model"], r["method"], r["variant"], r["run"], r["student"]]
         for t in tasks:
             a = r["cells"].get(t) or {}
             line += [a.get("accuracy", ""), a.get("ci_low", ""), a.get("ci_high", ""), a.get("n", "")]
