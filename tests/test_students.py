@@ -147,6 +147,47 @@ def test_softcapping_is_applied_to_response_logits(tiny_paths):
     assert bool(((capped - torch.log(torch.tensor(float(vocab)))).abs() < 1.0).all())
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_frozen_head_nll_matches_autograd_in_value_and_gradient(tiny_paths, softcap, monkeypatch):
+    import qrdistill.train.students as students_mod
+
+    (s,) = load_students([spec("s", tiny_paths[0])])
+    base = s.base
+    monkeypatch.setattr(students_mod, "HEAD_CHUNK_BYTES", 4 * base.head.weight.shape[0] * 128)
+    base.softcap = softcap
+    gen = torch.Generator().manual_seed(0)
+    # 300 rows: three chunks of at most 128.
+    hidden = torch.randn(300, s.hidden_size, generator=gen, requires_grad=True)
+    targets = torch.randint(0, base.head.weight.shape[0], (300,), generator=gen)
+    upstream = torch.rand(300, generator=gen)
+    ref = torch.nn.functional.cross_entropy(base.logits(hidden).float(), targets, reduction="none")
+    (g_ref,) = torch.autograd.grad((ref * upstream).sum(), hidden)
+    mine = base.response_nll(hidden, targets)
+    assert mine.grad_fn is not None and "FrozenHeadNLL" in type(mine.grad_fn).__name__
+    (g_mine,) = torch.autograd.grad((mine * upstream).sum(), hidden)
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_mine, g_ref, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(base.response_nll(hidden, targets), ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_gradients_equal_through_fused_head_and_full_logits(tiny_paths):
+    (s,) = load_students([spec("s", tiny_paths[0])])
+    perturb_lora_b([s])
+    batch = s.encode(PROMPTS, RESPONSES, max_length=128, answer_weight=5.0)
+
+    def grads():
+        s.model.zero_grad(set_to_none=True)
+        (s.forward(batch).token_nll * batch.loss_weight).sum().backward()
+        return [p.grad.clone() for p in s.trainable_parameters()]
+
+    fused = grads()
+    s.base.head_is_exact = False
+    full = grads()
+    for x, y in zip(fused, full, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5 * float(y.abs().max()), rtol=1e-4)
+
+
 # ------------------------------------------------------------------ shared base
 def three_students(tiny_paths, **kw):
     return load_students(
