@@ -74,3 +74,16 @@ def test_hf_backend_gemma_batched_equals_single_and_sampling_is_seeded(gemma_pat
     finally:
         batched.close()
     assert batched._model is None
+
+
+def test_vllm_backend_without_vllm_names_the_extra():
+    import importlib.util
+
+    from qrdistill.config.generate import VLLMBackendConfig
+    from qrdistill.errors import ConfigError
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here; this checks the message users without it see")
+    with pytest.raises(ConfigError) as e:
+        get_backend(VLLMBackendConfig(model="gemma3-270m"))
+    assert str(e.value) == "backend vllm needs the optional extra: pip install 'qrdistill[vllm]'"
