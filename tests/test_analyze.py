@@ -77,7 +77,7 @@ def make_run(root: Path, name: str, method: str = "qrdistill", fraction: float =
                                                     "config": cfg})
     _write_json(d / "train" / "summary.json", {
         "method": method, "students": [{"name": s, "model": "tiny"} for s in students], "epochs": 2,
-        "time_per_epoch": list(seconds), "config": cfg, "seed": 7})
+        "time_per_epoch": list(seconds), "config": cfg, "seed": 7, "router": routing})
     if routing:
         _write_jsonl(d / "train" / "routing.jsonl", known_routing()[0])
     _write_json(d / "eval" / "summary.json", _eval_summary(d, method, accs))
@@ -87,6 +87,8 @@ def make_run(root: Path, name: str, method: str = "qrdistill", fraction: float =
         {"qid": "q2", "task": "procedural_date", "style": "cot", "correct": False, "judge": None, "kept": False},
         {"qid": "q3", "task": "procedural_date", "style": "tot", "correct": True, "judge": {"valid": False},
          "kept": False},
+        {"qid": "q4", "task": "procedural_date", "style": "tot", "correct": True,
+         "judge": {"valid": False, "parsed": False}, "kept": False},
     ])
     return d
 
@@ -147,8 +149,9 @@ def test_report_has_every_plot_and_table(tmp_path):
     # Table 3: joint run 11 s/epoch vs 8 + 9 s separately.
     assert "0.65" in report
     # Filter counts per style, and provenance of every run.
-    assert "| procedural_date | cot | 2 | 1 | 1 | 0 |" in report
-    assert "| procedural_date | tot | 1 | 0 | 0 | 1 |" in report
+    assert "| procedural_date | cot | 2 | 1 | 1 | 0 | 0 |" in report
+    assert "| procedural_date | tot | 2 | 0 | 0 | 1 | 1 |" in report
+    assert "Trained without a router (every path to every student): sft_100, solo_a, solo_b" in report
     for r in runs:
         assert str(r) in report
     assert "abcdef1234" in report
@@ -186,3 +189,14 @@ def test_cli_analyze_exit_codes(tmp_path, capsys):
     d = make_run(tmp_path, "qrd", "qrdistill")
     assert main(["analyze", "--run-dir", str(d), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "report.md").exists()
+
+
+def test_filter_rows_prefer_the_filter_report():
+    run = tables.RunLogs(Path("x"), filtered=[{"task": "t", "style": "cot", "correct": False, "kept": False}],
+                         filter_report={"by_task_style": {"t": {"cot": {"total": 9, "wrong_answer": 2,
+                                                                        "judged_invalid": 3, "unparseable": 1,
+                                                                        "kept": 3}}}})
+    assert tables.filter_rows(run) == [{"task": "t", "style": "cot", "paths": 9, "kept": 3, "wrong_answer": 2,
+                                        "judged_invalid": 3, "unparseable": 1}]
+    run.filter_report = None
+    assert tables.filter_rows(run)[0]["wrong_answer"] == 1

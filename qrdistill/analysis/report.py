@@ -85,7 +85,10 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
     # Routing (Fig. 4 and 5), last epoch of each run that routed.
     md += ["", "## Routing selection rates (last epoch)", "",
            "Selection rate = share of a style's paths the router assigned to the student."]
-    routed = [r for r in runs if r.routing]
+    routed = [r for r in runs if r.routing and r.routed]
+    unrouted = [r.name for r in runs if r.train_summary is not None and not r.routed]
+    if unrouted:
+        md.append(f"_Trained without a router (every path to every student): {', '.join(unrouted)}._\n")
     for r in routed:
         by_task = tables.selection_rates(r.routing, ("task", "style"))
         slug = _slug(r.name)
@@ -105,7 +108,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
                    tables.rows_markdown(by_level, {"rate": lambda x: f"{x:.2f}"})]
         else:
             md.append(f"_{r.name}: no difficulty levels in routing.jsonl (the task records carry none)._\n")
-    lacking = [r for r in runs if not r.routing and r.method in ("qrdistill", "unknown")]
+    lacking = [r for r in runs if not r.routing and r.train_summary is None and r.method != "zero_shot"]
     if lacking:
         md.append(_missing("routing log (train/routing.jsonl)", "train", lacking))
     shown["routing"] = bool(routed)

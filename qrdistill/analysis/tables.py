@@ -65,6 +65,13 @@ class RunLogs:
         return float(((self.config.get("train") or {}).get("data_fraction")) or 1.0)
 
     @property
+    def routed(self) -> bool:
+        """Whether a router made the routing decisions (without one every path goes to every student)."""
+        if self.train_summary is not None and "router" in self.train_summary:
+            return bool(self.train_summary["router"])
+        return bool(((self.config.get("train") or {}).get("router") or {}).get("enabled"))
+
+    @property
     def variant(self) -> str:
         """The paper's ablation names for the switches this run turned (Table 2), e.g. "w/o Route"."""
         if self.train_summary is None:
@@ -348,23 +355,30 @@ def joint_vs_separate(runs: list[RunLogs]) -> list[dict[str, Any]]:
 
 
 def filter_rows(run: RunLogs) -> list[dict[str, Any]]:
-    """Per task x style: paths, kept, wrong answer, judged invalid (from filtered.jsonl, else the report)."""
-    if run.filtered is not None:
-        acc: dict[tuple[str, str], dict[str, int]] = {}
-        for r in run.filtered:
-            key = (str(r.get("task", "")), str(r.get("style", "")))
-            c = acc.setdefault(key, {"paths": 0, "kept": 0, "wrong_answer": 0, "judged_invalid": 0})
-            c["paths"] += 1
-            c["kept"] += bool(r.get("kept"))
-            if not r.get("correct"):
-                c["wrong_answer"] += 1
-            elif not (r.get("judge") or {}).get("valid"):
-                c["judged_invalid"] += 1
-        return [{"task": t, "style": s, **c} for (t, s), c in sorted(acc.items())]
-    rep = run.filter_report or {}
-    out = []
-    for t, styles in (rep.get("per_task_style") or rep.get("by_task_style") or {}).items():
-        for s, c in styles.items():
-            out.append({"task": t, "style": s, "paths": c.get("paths", c.get("total")), "kept": c.get("kept"),
-                        "wrong_answer": c.get("wrong_answer"), "judged_invalid": c.get("judged_invalid")})
-    return out
+    """Per task x style: paths, kept, wrong answer, judged invalid, unparseable verdicts.
+
+    From the filter stage's own filter_report.json when present, else counted
+    from filtered.jsonl (an unparseable verdict then counts as invalid).
+    """
+    rep = (run.filter_report or {}).get("by_task_style")
+    if rep:
+        return [{"task": t, "style": st, "paths": c.get("total"), "kept": c.get("kept"),
+                 "wrong_answer": c.get("wrong_answer"), "judged_invalid": c.get("judged_invalid"),
+                 "unparseable": c.get("unparseable", 0)}
+                for t, styles in rep.items() for st, c in styles.items()]
+    if run.filtered is None:
+        return []
+    acc: dict[tuple[str, str], dict[str, int]] = {}
+    for r in run.filtered:
+        key = (str(r.get("task", "")), str(r.get("style", "")))
+        c = acc.setdefault(key, {"paths": 0, "kept": 0, "wrong_answer": 0, "judged_invalid": 0, "unparseable": 0})
+        c["paths"] += 1
+        c["kept"] += bool(r.get("kept"))
+        judge = r.get("judge") or {}
+        if not r.get("correct"):
+            c["wrong_answer"] += 1
+        elif judge.get("parsed") is False:
+            c["unparseable"] += 1
+        elif not judge.get("valid"):
+            c["judged_invalid"] += 1
+    return [{"task": t, "style": st, **c} for (t, st), c in sorted(acc.items())]
