@@ -222,3 +222,22 @@ def test_cli_evaluate_missing_adapters(tmp_path, tiny, capsys):
     assert main(["evaluate", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("qrdistill: error:") and "run `qrdistill train` first" in err
+
+
+def test_left_padded_batches_match_one_by_one(tiny):
+    """Batching (left padding, length-sorted) changes neither the greedy outputs nor their log-probabilities."""
+    from qrdistill.evaluation.generation import generate_greedy, load_causal_lm, load_tokenizer
+    from qrdistill.prompting import student_prompt
+    from qrdistill.tasks import get_task
+
+    task = get_task("procedural_arith")
+    prompts = [student_prompt(task, task.prompt(r)) for r in task.load("test", None, 5)]
+    lengths = set()
+    for path in tiny:
+        tokenizer, model = load_tokenizer(path), load_causal_lm(path)
+        lengths |= {len(tokenizer(p)["input_ids"]) for p in prompts}
+        batched = generate_greedy(model, tokenizer, prompts, 5, 12, False, progress=False)
+        single = generate_greedy(model, tokenizer, prompts, 1, 12, False, progress=False)
+        assert [g.output for g in batched] == [g.output for g in single]
+        assert [g.logprob_sum for g in batched] == pytest.approx([g.logprob_sum for g in single], abs=1e-3)
+    assert len(lengths) > 1  # the prompts really were padded
