@@ -141,7 +141,8 @@ def test_every_trainable_tensor_is_optimized_and_gets_gradient(tmp_path, models,
         trainer.close()
 
 
-@pytest.mark.parametrize("case", ["sft", "no_router", "no_collab", "frozen_peer", "skd", "step_by_step", "single"])
+@pytest.mark.parametrize("case", ["sft", "no_router", "no_collab", "frozen_peer", "skd", "step_by_step", "single",
+                                  "grad_ckpt"])
 def test_methods_and_ablations(tmp_path, models, filtered, case):
     run_dir = _run_dir(tmp_path, filtered)
     kept = _kept(filtered)
@@ -154,6 +155,7 @@ def test_methods_and_ablations(tmp_path, models, filtered, case):
         "skd": {"method": "skd"},
         "step_by_step": {"method": "step_by_step"},
         "single": {"method": "sft", "single_student": True},
+        "grad_ckpt": {"gradient_checkpointing": True, "grad_accum": 2, "mutual": {"peer_paths": "all"}},
     }[case]
     if case == "single":
         overrides["students"] = [tiny_train_section(models)["students"][0]]
@@ -202,6 +204,9 @@ def test_methods_and_ablations(tmp_path, models, filtered, case):
         assert names == ["llama"]
     if case == "sft":
         assert summary["paths"] == len(kept)
+    if case == "grad_ckpt":
+        # Recomputed layers must run with the adapter that first ran them: every tensor still learns.
+        assert summary["router"] is True and any(r["mutual"] > 0 for r in log)
 
 
 def test_data_fraction_subsamples_questions(tmp_path, models, filtered):
