@@ -104,6 +104,9 @@ def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, An
     summary = summarize(cfg, run_dir, tasks, targets, predictions, method, note)
     atomic_write_json(run_dir / "eval" / "summary.json", summary)
     atomic_write_text(run_dir / "eval" / "summary.md", summary_markdown(summary))
+    for key, st in list(summary["students"].items()) + list(summary["ensembles"].items()):
+        log.info("%s: %s", key, ", ".join(
+            f"{t} {_pct(a['accuracy'])}% [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]" for t, a in st["tasks"].items()))
     log.info("evaluation summary: %s", run_dir / "eval" / "summary.md")
     return summary
 
