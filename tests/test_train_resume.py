@@ -121,6 +121,14 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_not_repeated
     with caplog.at_level("INFO"):
         again = train_stage.run(cfg, run_dir)
     assert "already trained" in caplog.text and again["total_time"] == first["total_time"]
-    # A different step budget is a different training: it runs.
-    third = train_stage.run(cfg, run_dir, max_steps=3)
-    assert third["steps"] == 3
+    # An interrupted run of the same training continues from its checkpoint without --resume.
+    (run_dir / "train" / "summary.json").unlink()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        cont = train_stage.run(cfg, run_dir)
+    assert "resuming from" in caplog.text and cont["steps"] == 2
+    # A different step budget is a different training: it starts over.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        third = train_stage.run(cfg, run_dir, max_steps=3)
+    assert third["steps"] == 3 and "resuming" not in caplog.text

@@ -1,7 +1,10 @@
 """Train stage: D/filtered.jsonl -> D/train/ (adapters, router, mutual head, logs, checkpoints).
 
 `qrdistill train` runs the method named in `train.method` through one loop
-(qrdistill.train.loop); the baselines and ablations are configs of it. Runs on
+(qrdistill.train.loop); the baselines and ablations are configs of it. Run
+again, it returns a finished training as is and continues an interrupted one
+from its last checkpoint (same config and data); `--resume` continues from the
+last checkpoint even if the config changed. Runs on
 one CPU, one GPU, or many through `accelerate launch` / `torchrun -m qrdistill
 train`; only rank 0 writes artifacts.
 """

@@ -447,7 +447,7 @@ class Trainer:
         from qrdistill.train.checkpoint import save_checkpoint
 
         info = {"step": step, "epoch": epoch, "micro": micro, "total_steps": self.total_steps,
-                "world_size": self.world, "time": time.time()}
+                "world_size": self.world, "time": time.time(), "fingerprint": self.fingerprint}
         state = self._state(step, epoch, micro) if self.main else {}
         save_checkpoint(self.acc, self.ckpt_dir, step, state, self.students, self.tc.keep_checkpoints, info)
 
@@ -463,9 +463,18 @@ class Trainer:
         self.never_grad = set(self.param_names)
         self.rates_sum, self.rates_n = [0.0] * self.S, 0
         step, epoch, micro = 0, 0, 0
-        ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
+        ckpt = latest_checkpoint(self.ckpt_dir)
         if resume and ckpt is None:
             log.info("train: --resume but no checkpoint in %s; starting from the beginning", self.ckpt_dir)
+        elif not resume and ckpt is not None:
+            # Running the same training again continues it (stages resume where they stopped);
+            # a checkpoint of a different config or data is discarded.
+            try:
+                same = json.loads((ckpt / "checkpoint.json").read_text())["fingerprint"] == self.fingerprint
+            except (OSError, ValueError, KeyError):
+                same = False
+            if not same:
+                ckpt = None
         if ckpt is not None:
             step, epoch, micro = self._restore(ckpt)
             log.info("train: resuming from %s (step %d/%d, epoch %d)", ckpt, step, self.total_steps, epoch)
