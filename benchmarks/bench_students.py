@@ -10,7 +10,10 @@ Measured side by side in one run, written to benchmarks/results/students.json:
     autograd's full [M, V] logits, to separate the two savings.
 (b) peak RSS (VmHWM, each case in its own fresh subprocess) of two students on
     one shared base vs one student alone, each doing a training step
-    (forward, backward, AdamW step) -- target <= 1.3x.
+    (forward, backward, AdamW step) -- target <= 1.3x. Three ways: "joint"
+    (both students' graphs alive until one backward, as the mutual term needs),
+    "joint_checkpointed" (the same with gradient checkpointing) and
+    "sequential" (each student's forward and backward in turn).
 (c) achieved FLOP/s of the response-only step (FLOPs counted from the model's
     shapes, below) as a fraction of a plain fp32 2048x2048 matmul measured in
     the same run on the same threads, right before each timed step -- target >= 60 %.
@@ -189,11 +192,12 @@ def memory_child(n_students: int, r: int, targets: list[str], mode: str) -> None
 
     from qrdistill.train.students import load_students
 
-    students = load_students(student_specs(n_students, r, targets))
+    students = load_students(student_specs(n_students, r, targets),
+                             gradient_checkpointing=mode == "joint_checkpointed")
     batch = real_batch(students[0])
     after_load = peak_rss_mb()
     opt = torch.optim.AdamW([p for s in students for p in s.trainable_parameters()], lr=1e-4)
-    if mode == "joint":  # what the mutual term needs: every student's graph alive at once
+    if mode.startswith("joint"):  # what the mutual term needs: every student's graph alive at once
         loss = sum((s.forward(batch).token_nll.sum() / RESPONSE) for s in students)
         loss.backward()
     else:
@@ -241,7 +245,7 @@ def main() -> int:
     memory = None
     if not args.skip_memory:
         mem = {}
-        for mode in ("joint", "sequential"):
+        for mode in ("joint", "joint_checkpointed", "sequential"):
             one = run_memory(1, args, mode)
             two = run_memory(2, args, mode)
             mem[mode] = {"one_student": one, "two_students_shared_base": two,
