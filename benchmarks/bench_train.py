@@ -7,8 +7,10 @@ script trains, on the same paths:
   joint      QR-Distill with S students (router + entropy + mutual, co-routed peer pass)
   sft/<s>    each student alone (single_student, method sft: every path)
 and prints the joint epoch time next to the sum of the separate ones.
-Epoch time is the training compute of the epoch (the loop's step times: encode,
-forwards, backward, optimizer); model loading and checkpoint I/O are excluded.
+Epoch time is the training compute of the epoch (the loop's `train_step`:
+encode, forwards, backward, optimizer); model loading is excluded. The three
+runs' steps are interleaved (round robin, rotating who goes first) so that all
+of them see the same CPU load on a shared machine.
 
     python benchmarks/bench_train.py [--paths 24] [--max-length 192] [--out benchmarks/results/train.json]
 
@@ -24,7 +26,6 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,21 +54,46 @@ def make_paths(work: Path, n: int, seed: int) -> Path:
     return out
 
 
-def train_once(name: str, train: dict, filtered: Path, work: Path, seed: int) -> dict:
-    from qrdistill.config import RunConfig
-    from qrdistill.stages import train as train_stage
+def interleaved_epochs(runs: dict[str, dict], filtered: Path, work: Path, seed: int) -> dict:
+    """One epoch of each run, their optimizer steps interleaved so that every run sees the same CPU load.
 
-    run_dir = work / name.replace("/", "_")
-    run_dir.mkdir(parents=True)
-    shutil.copy(filtered, run_dir / "filtered.jsonl")
-    cfg = RunConfig.model_validate({"run_dir": str(run_dir), "seed": seed, "train": train})
-    t0 = time.perf_counter()
-    summary = train_stage.run(cfg, run_dir)
-    wall = time.perf_counter() - t0
-    log = [json.loads(x) for x in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
-    paths_per_student = {s["name"]: sum(r.get(f"paths/{s['name']}", 0) for r in log) for s in summary["students"]}
-    return {"epoch_time": summary["time_per_epoch"][0], "wall_time_incl_loading": wall, "steps": summary["steps"],
-            "paths_trained_per_student": paths_per_student, "routing_rate": summary.get("routing_rate")}
+    Each run is the train stage's own Trainer (same setup and `train_step` as `qrdistill train`).
+    """
+    from qrdistill.config import RunConfig
+    from qrdistill.train.data import build_items, load_kept
+    from qrdistill.train.loop import Trainer
+
+    trainers = {}
+    for name, train in runs.items():
+        run_dir = work / name.replace("/", "_")
+        run_dir.mkdir(parents=True)
+        shutil.copy(filtered, run_dir / "filtered.jsonl")
+        cfg = RunConfig.model_validate({"run_dir": str(run_dir), "seed": seed, "train": train})
+        items = build_items(load_kept(filtered), cfg.train.method)
+        trainer = Trainer(cfg, run_dir, items, max_steps=None, fingerprint="bench")
+        trainer.setup()
+        trainers[name] = trainer
+    state = {name: {"micro": 0, "step": 0, "time": 0.0, "paths": [0] * t.S} for name, t in trainers.items()}
+    order = list(trainers)
+    rnd = 0
+    while any(state[n]["step"] < trainers[n].schedule.steps_per_epoch for n in order):
+        for name in order[rnd % len(order):] + order[: rnd % len(order)]:
+            t, st = trainers[name], state[name]
+            if st["step"] >= t.schedule.steps_per_epoch:
+                continue
+            stats, _, _, st["micro"], dt = t.train_step(0, st["micro"], st["step"], [], [])
+            st["step"] += 1
+            st["time"] += dt
+            for m in stats:
+                st["paths"] = [a + int(b) for a, b in zip(st["paths"], m.paths_per_student, strict=True)]
+        rnd += 1
+    out = {}
+    for name, t in trainers.items():
+        st = state[name]
+        out[name] = {"epoch_time": st["time"], "steps": st["step"],
+                     "paths_trained_per_student": dict(zip(t.names, st["paths"], strict=True))}
+        t.close()
+    return out
 
 
 def main() -> None:
@@ -95,12 +121,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = Path(tmp)
         filtered = make_paths(work, args.paths, args.seed)
-        results["joint"] = train_once("joint", {**common, "students": students,
-                                                "router": {"encoder": args.encoder}}, filtered, work, args.seed)
+        runs = {"joint": {**common, "students": students, "router": {"encoder": args.encoder}}}
         for s in students:
-            results[f"sft/{s['name']}"] = train_once(
-                f"sft/{s['name']}", {**common, "method": "sft", "single_student": True, "students": [s]},
-                filtered, work, args.seed)
+            runs[f"sft/{s['name']}"] = {**common, "method": "sft", "single_student": True, "students": [s]}
+        results = interleaved_epochs(runs, filtered, work, args.seed)
     load_after = os.getloadavg()
 
     separate = sum(v["epoch_time"] for k, v in results.items() if k.startswith("sft/"))

@@ -182,6 +182,8 @@ class Trainer:
             tc.scheduler, self.optimizer,
             num_warmup_steps=round(tc.warmup_ratio * self.total_steps), num_training_steps=self.total_steps,
         )
+        self.never_grad = set(self.param_names)
+        self._first_check_done = False
 
     def _path_embeddings(self):
         """Eq. 1's h_j for every item, computed once (rank 0) and cached in train/embeddings.pt by text hash."""
@@ -455,7 +457,6 @@ class Trainer:
     def run(self, resume: bool) -> dict[str, Any]:
 
         from qrdistill.train.checkpoint import latest_checkpoint
-        from qrdistill.train.router import anneal_tau
 
         tc = self.tc
         self.epoch_times: list[float] = []
@@ -506,42 +507,16 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=step, desc=f"train {tc.method}", disable=not self.main,
                    dynamic_ncols=True)
         local_rows: list[tuple] = []
-        first_check_done = step > 0
+        self._first_check_done = step > 0
         t_start = time.perf_counter()
         try:
             while step < self.total_steps:
                 if micro >= self.schedule.micro_per_epoch:
                     self.epoch_times.append(self.epoch_elapsed)
                     self.epoch_elapsed, epoch, micro = 0.0, epoch + 1, 0
-                t0 = time.perf_counter()
-                tau = anneal_tau(step, self.total_steps, tc.router.tau, tc.router.tau_end) if tc.router.anneal \
-                    else tc.router.tau
-                micros = self.schedule.step_micros(micro)
                 routing_rows: list[dict[str, Any]] = []
-                stats = [self._micro(epoch, m, len(micros), tau, step + 1, routing_rows, local_rows) for m in micros]
-                got = self._sync_grads()
-                for name, g in zip(self.param_names, got.tolist(), strict=True):
-                    if g:
-                        self.never_grad.discard(name)
-                if not first_check_done:
-                    first_check_done = True
-                    missing = [n for n, g in zip(self.param_names, got.tolist(), strict=True) if not g]
-                    if missing:
-                        log.warning("first step: %d of %d trainable tensors got no gradient (%s%s); a student "
-                                    "routed no path in this step shows up here, and must not at the end",
-                                    len(missing), len(self.param_names), ", ".join(missing[:5]),
-                                    ", ..." if len(missing) > 5 else "")
-                    else:
-                        log.info("first step: all %d trainable tensors received a gradient", len(self.param_names))
-                if tc.max_grad_norm is not None:
-                    self.acc.clip_grad_norm_(self.params, tc.max_grad_norm)
-                lrs = [g["lr"] for g in self.optimizer.param_groups]
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                stats, tau, lrs, micro, dt = self.train_step(epoch, micro, step, routing_rows, local_rows)
                 step += 1
-                micro = micros[-1] + 1
-                dt = time.perf_counter() - t0
                 self.epoch_elapsed += dt
                 row = self._log_row(step, epoch, tau, lrs, dt, stats)
                 if self.main:
@@ -573,6 +548,42 @@ class Trainer:
         summary = self._finish(step, epoch, total_time, check) if self.main else {}
         self.acc.wait_for_everyone()
         return summary
+
+    def train_step(self, epoch: int, micro: int, step: int, routing_rows: list[dict[str, Any]],
+                   local_rows: list[tuple]):
+        """One optimizer step from data position (epoch, micro) after `step` steps.
+
+        Returns (per-micro-batch stats, tau, learning rates used, next micro index, seconds).
+        """
+        from qrdistill.train.router import anneal_tau
+
+        tc = self.tc
+        t0 = time.perf_counter()
+        tau = anneal_tau(step, self.total_steps, tc.router.tau, tc.router.tau_end) if tc.router.anneal \
+            else tc.router.tau
+        micros = self.schedule.step_micros(micro)
+        stats = [self._micro(epoch, m, len(micros), tau, step + 1, routing_rows, local_rows) for m in micros]
+        got = self._sync_grads()
+        for name, g in zip(self.param_names, got.tolist(), strict=True):
+            if g:
+                self.never_grad.discard(name)
+        if not self._first_check_done:
+            self._first_check_done = True
+            missing = [n for n, g in zip(self.param_names, got.tolist(), strict=True) if not g]
+            if missing:
+                log.warning("first step: %d of %d trainable tensors got no gradient (%s%s); a student "
+                            "routed no path in this step shows up here, and must not at the end",
+                            len(missing), len(self.param_names), ", ".join(missing[:5]),
+                            ", ..." if len(missing) > 5 else "")
+            else:
+                log.info("first step: all %d trainable tensors received a gradient", len(self.param_names))
+        if tc.max_grad_norm is not None:
+            self.acc.clip_grad_norm_(self.params, tc.max_grad_norm)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats, tau, lrs, micros[-1] + 1, time.perf_counter() - t0
 
     def _log_row(self, step, epoch, tau, lrs, dt, stats: list[StepStats]) -> dict[str, Any]:
         """Per-step scalars; a student's distill loss is its mean over the paths it trained on (all ranks)."""
