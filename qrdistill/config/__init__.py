@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qrdistill.config.evaluate import EvaluateConfig
-from qrdistill.config.generate import GenerateConfig, TaskSpec
 from qrdistill.config.filter import FilterConfig
+from qrdistill.config.generate import GenerateConfig, TaskSpec
 from qrdistill.config.train import TrainConfig
 from qrdistill.errors import ConfigError
 
