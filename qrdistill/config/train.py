@@ -94,9 +94,12 @@ class MutualConfig(BaseModel):
 
     shared_dim: PositiveInt = Field(128, le=8192, description="Width of the shared projection space (eq. 5).")
     lr: float = Field(1.0e-3, gt=0, le=1.0, description="Learning rate of projections and competence regressors.")
+    # Default true: with a non-detached target, eq. 8 is smallest at uniform γ, so γ would carry no
+    # information about which student is better (docs/method.md, "What trains γ").
     detach_target: bool = Field(
-        False, description="Stop gradient through the ensemble target (then γ learns only via its regressors' "
-        "share of the student terms)."
+        True, description="Stop gradient through the ensemble target z_ens; γ's regressors are then trained "
+        "by the competence term (cross-entropy against which student has the lower distill loss on the path). "
+        "false: γ and projections learn through eq. 8 itself (γ drifts to uniform)."
     )
     peer_paths: Literal["co_routed", "all"] = Field(
         "co_routed",
