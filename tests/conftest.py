@@ -44,3 +44,14 @@ def minilm_path() -> str:
     from qrdistill.models import resolve_model
 
     return resolve_model("minilm")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: one thread avoids OpenMP spin-waits on the shared cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,14 +21,7 @@ from qrdistill.train.losses import (
 from qrdistill.train.mutual import MutualHead, peer_pair_weight, project_to_shared
 from qrdistill.train.router import Router, gumbel_multi_hot, routing_noise
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP spin-waits on the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ToyStudent(nn.Module):
