@@ -277,6 +277,10 @@ def main() -> int:
             student.model.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     flops = step_flops(student, batch)
+    # Other jobs' load drifts within a run: pair each step with the others of its round (and the
+    # matmul measured just before it) and take the median of those paired ratios.
+    speedups = [f / r for f, r in zip(times["full_logits"], times["response_only"], strict=True)]
+    fractions = [flops["total"] / t / m for t, m in zip(times["response_only"], matmul, strict=True)]
     achieved = flops["total"] / med["response_only"]
     peak = statistics.median(matmul)
     profile = profile_step(student, batch)
@@ -292,7 +296,9 @@ def main() -> int:
                   "lora": {"r": args.r, "target_modules": args.targets}, "reps": args.reps},
         "step_time": {
             "seconds": times, "median_s": med,
-            "speedup_response_only_vs_full": med["full_logits"] / med["response_only"],
+            "speedup_per_round": speedups,
+            "speedup_response_only_vs_full": statistics.median(speedups),
+            "speedup_of_median_times": med["full_logits"] / med["response_only"],
             "speedup_response_rows_autograd_vs_full": med["full_logits"] / med["response_rows_autograd_ce"],
             "target_speedup": 1.8,
             "losses_agree": abs(losses["response_only"] - losses["full_logits"]) < 1e-3,
@@ -300,7 +306,8 @@ def main() -> int:
         },
         "flops": {
             "step_flops": flops, "achieved_flop_per_s": achieved, "matmul_2048_fp32_flop_per_s": matmul,
-            "matmul_median": peak, "fraction_of_matmul": achieved / peak, "target_fraction": 0.6,
+            "matmul_median": peak, "fraction_per_round": fractions,
+            "fraction_of_matmul": statistics.median(fractions), "target_fraction": 0.6,
         },
         "memory": memory,
         "profile_response_only_step_top_ops": profile,
@@ -308,10 +315,12 @@ def main() -> int:
     }
     print(f"(a) step: response-only {med['response_only']:.2f}s, head-at-response+autograd CE "
           f"{med['response_rows_autograd_ce']:.2f}s, full logits {med['full_logits']:.2f}s -> "
-          f"{result['step_time']['speedup_response_only_vs_full']:.2f}x (target >= 1.8x)", flush=True)
+          f"{result['step_time']['speedup_response_only_vs_full']:.2f}x (median of per-round ratios; target >= 1.8x)",
+          flush=True)
     print(f"(c) {flops['total'] / 1e9:.0f} GFLOP/step ({flops['per_token_gflop']:.2f} GFLOP/token) -> "
           f"{achieved / 1e9:.0f} GFLOP/s vs matmul {peak / 1e9:.0f} GFLOP/s = "
-          f"{100 * achieved / peak:.0f} % (target >= 60 %)", flush=True)
+          f"{100 * result['flops']['fraction_of_matmul']:.0f} % (median of per-round fractions; "
+          f"target >= 60 %)", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
