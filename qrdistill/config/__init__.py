@@ -36,7 +36,12 @@ class RunConfig(BaseModel):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    # The offline demo evaluates a sample of each procedural test split so that `qrdistill run`
+    # finishes in minutes on a CPU; a config with its own `evaluate` section gets the full split.
+    evaluate: EvaluateConfig = Field(
+        default_factory=lambda: EvaluateConfig(limit=24, max_new_tokens=128),
+        description="Evaluation; when the section is absent, the demo's 24 test questions per task.",
+    )
     stages: list[Literal["generate", "filter", "train", "evaluate", "analyze"]] = Field(
         default_factory=lambda: ["generate", "filter", "train", "evaluate", "analyze"],
         description="Stages `qrdistill run` executes, in pipeline order (the zero-shot baseline: "
