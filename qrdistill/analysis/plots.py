@@ -39,21 +39,29 @@ def _grouped_bars(ax: Any, categories: list[Any], series: dict[str, list[float]]
     ax.set_ylim(0, 1.05)
 
 
+def _rate_panels(rows, panel: str, x: str, series: str, xlabel: str, panel_width: float, sort_x: bool):
+    """Grouped selection-rate bars: one panel per `panel` value, x = `x`, one bar per `series` value."""
+    plt = _plt()
+    panels = list(dict.fromkeys(r[panel] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], panels, strict=True):
+        sub = [r for r in rows if r[panel] == value]
+        xs = list(dict.fromkeys(r[x] for r in sub))
+        if sort_x:
+            xs.sort(key=lambda v: (v is None, v))
+        names = list(dict.fromkeys(r[series] for r in sub))
+        rate = {(r[x], r[series]): r["rate"] for r in sub}
+        _grouped_bars(ax, xs, {n: [rate.get((v, n), 0.0) for v in xs] for n in names})
+        ax.set_title(str(value))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("selection rate")
+    axes[0][-1].legend(title=series, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
 def plot_routing_by_task(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
     """Fig. 4: one panel per task; x = reasoning style, one bar per student; y = selection rate."""
-    plt = _plt()
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False, sharey=True)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        sub = [r for r in rows if r["task"] == task]
-        styles = list(dict.fromkeys(r["style"] for r in sub))
-        students = list(dict.fromkeys(r["student"] for r in sub))
-        rate = {(r["style"], r["student"]): r["rate"] for r in sub}
-        _grouped_bars(ax, styles, {s: [rate.get((st, s), 0.0) for st in styles] for s in students})
-        ax.set_title(str(task))
-        ax.set_xlabel("reasoning style")
-        ax.set_ylabel("selection rate")
-    axes[0][-1].legend(title="student", fontsize=8)
+    fig = _rate_panels(rows, "task", "style", "student", "reasoning style", 4.5, sort_x=False)
     fig.suptitle(title or "Routing selection rate per style, task and student (cf. paper Fig. 4)")
     fig.tight_layout()
     return _save(fig, path)
@@ -61,19 +69,7 @@ def plot_routing_by_task(rows: list[dict[str, Any]], path: str | Path | None = N
 
 def plot_routing_by_difficulty(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
     """Fig. 5: one panel per student; x = difficulty level, one bar per style; y = selection rate."""
-    plt = _plt()
-    students = list(dict.fromkeys(r["student"] for r in rows))
-    fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 3.8), squeeze=False, sharey=True)
-    for ax, student in zip(axes[0], students, strict=True):
-        sub = [r for r in rows if r["student"] == student]
-        levels = sorted({r["difficulty"] for r in sub}, key=lambda x: (x is None, x))
-        styles = list(dict.fromkeys(r["style"] for r in sub))
-        rate = {(r["difficulty"], r["style"]): r["rate"] for r in sub}
-        _grouped_bars(ax, levels, {st: [rate.get((lv, st), 0.0) for lv in levels] for st in styles})
-        ax.set_title(str(student))
-        ax.set_xlabel("difficulty level")
-        ax.set_ylabel("selection rate")
-    axes[0][-1].legend(title="style", fontsize=8)
+    fig = _rate_panels(rows, "student", "difficulty", "style", "difficulty level", 5.0, sort_x=True)
     fig.suptitle(title or "Routing selection rate per difficulty, style and student (cf. paper Fig. 5)")
     fig.tight_layout()
     return _save(fig, path)
