@@ -228,3 +228,23 @@ def test_data_fraction_subsamples_questions(tmp_path, models, filtered):
     items = build_items(rows, "qrdistill")
     assert items[0].prompt == student_prompt(get_task(rows[0]["task"]), rows[0]["question"])
     assert items[0].response == rows[0]["response"]
+
+
+def test_first_step_gradient_check_separates_routing_gaps_from_faults(caplog):
+    from qrdistill.train.loop import StepStats, Trainer
+
+    t = Trainer.__new__(Trainer)
+    t.names = ["a", "b"]
+    t.param_names = ["a/lora.0", "a/lora.1", "b/lora.0", "router/mlp.0.weight", "mutual/projections.0.weight"]
+    # Student b trained no path and no path had two students: its LoRA and the mutual head are idle.
+    idle = [StepStats(distill=[1.0, 0.0], co_routed=0.0, paths_per_student=[3.0, 0.0])]
+    with caplog.at_level("INFO", logger="qrdistill.train.loop"):
+        t._first_step_gradient_check([True, True, False, True, False], idle)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "student b was routed no path" in caplog.text and "mutual head" in caplog.text
+    caplog.clear()
+    # Student a trained paths, yet one of its tensors got nothing: a wiring fault.
+    with caplog.at_level("INFO", logger="qrdistill.train.loop"):
+        t._first_step_gradient_check([True, False, True, True, True], idle)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "a/lora.1" in warnings[0]

@@ -569,14 +569,7 @@ class Trainer:
                 self.never_grad.discard(name)
         if not self._first_check_done:
             self._first_check_done = True
-            missing = [n for n, g in zip(self.param_names, got.tolist(), strict=True) if not g]
-            if missing:
-                log.warning("first step: %d of %d trainable tensors got no gradient (%s%s); a student "
-                            "routed no path in this step shows up here, and must not at the end",
-                            len(missing), len(self.param_names), ", ".join(missing[:5]),
-                            ", ..." if len(missing) > 5 else "")
-            else:
-                log.info("first step: all %d trainable tensors received a gradient", len(self.param_names))
+            self._first_step_gradient_check(got.tolist(), stats)
         if tc.max_grad_norm is not None:
             self.acc.clip_grad_norm_(self.params, tc.max_grad_norm)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -584,6 +577,33 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return stats, tau, lrs, micros[-1] + 1, time.perf_counter() - t0
+
+    def _first_step_gradient_check(self, got: list[bool], stats: list[StepStats]) -> None:
+        """Say which trainable tensors the first step left without gradient, and whether routing explains it.
+
+        A student routed no path, or no path routed to two students (the mutual head),
+        is a normal first step; any other gap is a wiring fault and gets a warning.
+        """
+        missing = [n for n, g in zip(self.param_names, got, strict=True) if not g]
+        if not missing:
+            log.info("first step: all %d trainable tensors received a gradient", len(self.param_names))
+            return
+        idle = {name for k, name in enumerate(self.names) if not sum(st.paths_per_student[k] for st in stats)}
+        no_pair = not sum(st.co_routed for st in stats)
+        explained, unexplained = [], []
+        for n in missing:
+            ok = any(n.startswith(f"{name}/lora.") for name in idle) or (n.startswith("mutual/") and no_pair)
+            (explained if ok else unexplained).append(n)
+        if explained:
+            why = [f"student {name} was routed no path" for name in self.names if name in idle]
+            if no_pair and any(n.startswith("mutual/") for n in explained):
+                why.append("no path was routed to two students (mutual head)")
+            log.info("first step: %d trainable tensors got no gradient because %s; the end-of-run check "
+                     "reports any that never do", len(explained), "; ".join(why))
+        if unexplained:
+            log.warning("first step: %d of %d trainable tensors got no gradient although routing sent them "
+                        "data: %s%s", len(unexplained), len(self.param_names), ", ".join(unexplained[:5]),
+                        ", ..." if len(unexplained) > 5 else "")
 
     def _log_row(self, step, epoch, tau, lrs, dt, stats: list[StepStats]) -> dict[str, Any]:
         """Per-step scalars; a student's distill loss is its mean over the paths it trained on (all ranks)."""
