@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -596,7 +597,12 @@ def load_students(specs: list[Any], device="cpu", dtype=None, gradient_checkpoin
             try:
                 lora_cfg = _lora_config(specs[i])
                 if peft_model is None:
-                    peft_model = get_peft_model(model, lora_cfg, adapter_name=adapters[i])
+                    with warnings.catch_warnings():
+                        # PEFT reads transformers' deprecated `is_gradient_checkpointing`: upstream
+                        # noise a user cannot act on, printed once per base.
+                        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                                category=FutureWarning)
+                        peft_model = get_peft_model(model, lora_cfg, adapter_name=adapters[i])
                 else:
                     peft_model.add_adapter(adapters[i], lora_cfg)
             except ValueError as exc:
