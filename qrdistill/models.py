@@ -10,7 +10,9 @@ user's cache dir (never inside the repo), which then reloads in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 from qrdistill.errors import ConfigError
@@ -86,3 +88,14 @@ def minilm_path() -> str:
         if v is not None:
             return str(v() if callable(v) else v)
     return str(Path(pkg.__file__).parent)
+
+
+@contextlib.contextmanager
+def quiet_peft_wrap():
+    """Wrapping a model in PEFT reads transformers' deprecated `is_gradient_checkpointing`.
+
+    The FutureWarning it prints is upstream noise a user cannot act on; only that one is hidden.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

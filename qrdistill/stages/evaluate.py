@@ -200,9 +200,12 @@ def train_method(run_dir: Path) -> str:
 def _activate_adapter(base_model: Any, peft_model: Any, target: EvalTarget) -> Any:
     from peft import PeftModel
 
+    from qrdistill.models import quiet_peft_wrap
+
     name = target.key
     if peft_model is None:
-        peft_model = PeftModel.from_pretrained(base_model, str(target.adapter), adapter_name=name)
+        with quiet_peft_wrap():
+            peft_model = PeftModel.from_pretrained(base_model, str(target.adapter), adapter_name=name)
     elif name not in peft_model.peft_config:
         peft_model.load_adapter(str(target.adapter), adapter_name=name)
     peft_model.set_adapter(name)

@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -547,7 +546,7 @@ def load_students(specs: list[Any], device="cpu", dtype=None, gradient_checkpoin
     from peft import get_peft_model
     from transformers import AutoTokenizer
 
-    from qrdistill.models import resolve_model
+    from qrdistill.models import quiet_peft_wrap, resolve_model
 
     device = torch.device(device)
     names = [str(_spec_get(s, "name")) for s in specs]
@@ -597,11 +596,7 @@ def load_students(specs: list[Any], device="cpu", dtype=None, gradient_checkpoin
             try:
                 lora_cfg = _lora_config(specs[i])
                 if peft_model is None:
-                    with warnings.catch_warnings():
-                        # PEFT reads transformers' deprecated `is_gradient_checkpointing`: upstream
-                        # noise a user cannot act on, printed once per base.
-                        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
-                                                category=FutureWarning)
+                    with quiet_peft_wrap():
                         peft_model = get_peft_model(model, lora_cfg, adapter_name=adapters[i])
                 else:
                     peft_model.add_adapter(adapters[i], lora_cfg)
