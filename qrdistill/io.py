@@ -13,8 +13,9 @@ from typing import Any
 from qrdistill.errors import DataError, MissingArtifactError
 
 
-def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
-    """Yield the objects of a JSONL file; a bad line raises DataError naming file:line."""
+def iter_jsonl_lines(path: str | Path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for the non-blank lines of a JSONL file; a bad line raises
+    DataError naming file:line. The line number lets callers name the line in their own checks."""
     path = Path(path)
     required = tuple(required)
     if not path.exists():
@@ -32,7 +33,13 @@ def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[
             missing = [k for k in required if k not in obj]
             if missing:
                 raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            yield obj
+            yield lineno, obj
+
+
+def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+    """Yield the objects of a JSONL file; a bad line raises DataError naming file:line."""
+    for _, obj in iter_jsonl_lines(path, required):
+        yield obj
 
 
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:

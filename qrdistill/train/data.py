@@ -18,13 +18,13 @@ Methods (one loop, different items):
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qrdistill.errors import DataError, QRDistillError
+from qrdistill.io import iter_jsonl_lines
 
 RATIONALE_TAG = "[rationale] "
 ANSWER_TAG = "[answer] "
@@ -62,42 +62,33 @@ def load_kept(path: str | Path, need_gold: bool = False) -> list[dict[str, Any]]
     rows = []
     tasks: dict[str, Any] = {}
     n_lines = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            n_lines += 1
-            where = f"{path}:{lineno}"
+    for lineno, row in iter_jsonl_lines(path):
+        n_lines += 1
+        where = f"{path}:{lineno}"
+        if "kept" not in row:
+            raise DataError(f"{where}: missing field kept (is this a filtered.jsonl written by `qrdistill filter`?)")
+        if row["kept"] is not True:
+            continue
+        missing = [k for k in _REQUIRED if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        for k in _REQUIRED:
+            if not isinstance(row[k], str) or (k != "style" and not row[k].strip()):
+                raise DataError(f"{where}: field {k} must be a non-empty string")
+        meta = row.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: field meta must be an object")
+        diff = meta.get("difficulty")
+        if diff is not None and not isinstance(diff, (int, float, str)):
+            raise DataError(f"{where}: meta.difficulty must be a number or a label")
+        if need_gold and not str(row.get("gold_text") or "").strip():
+            raise DataError(f"{where}: step_by_step needs gold_text (the gold final answer) in every kept row")
+        if row["task"] not in tasks:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if "kept" not in row:
-                raise DataError(f"{where}: missing field kept (is this a filtered.jsonl written by `qrdistill filter`?)")
-            if row["kept"] is not True:
-                continue
-            missing = [k for k in _REQUIRED if k not in row]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-            for k in _REQUIRED:
-                if not isinstance(row[k], str) or (k != "style" and not row[k].strip()):
-                    raise DataError(f"{where}: field {k} must be a non-empty string")
-            meta = row.get("meta") or {}
-            if not isinstance(meta, dict):
-                raise DataError(f"{where}: field meta must be an object")
-            diff = meta.get("difficulty")
-            if diff is not None and not isinstance(diff, (int, float, str)):
-                raise DataError(f"{where}: meta.difficulty must be a number or a label")
-            if need_gold and not str(row.get("gold_text") or "").strip():
-                raise DataError(f"{where}: step_by_step needs gold_text (the gold final answer) in every kept row")
-            if row["task"] not in tasks:
-                try:
-                    tasks[row["task"]] = get_task(row["task"])
-                except QRDistillError as e:
-                    raise DataError(f"{where}: {e}") from None
-            rows.append(row)
+                tasks[row["task"]] = get_task(row["task"])
+            except QRDistillError as e:
+                raise DataError(f"{where}: {e}") from None
+        rows.append(row)
     if n_lines == 0:
         raise DataError(f"{path}: file is empty (did `qrdistill filter` finish?)")
     if not rows:
