@@ -6,8 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from qrdistill.tasks.base import Record
+from qrdistill.tasks import TASKS, get_task
+from qrdistill.tasks.base import AnswerScore, Record
 from qrdistill.tasks.extract import (
+    DateTask,
+    MathTask,
+    MultipleChoiceTask,
+    NumberTask,
+    YesNoTask,
     check_choice,
     check_date,
     check_math,
@@ -22,7 +28,10 @@ from qrdistill.tasks.extract import (
     math_equal,
     normalize_number,
     normalize_text,
+    strict_choice,
+    strict_number,
     strict_span,
+    strict_yes_no,
 )
 
 DATES = ["05/02/2021", "05/01/2021", "04/29/2021", "05/09/2021"]
@@ -54,14 +63,42 @@ def test_last_strict_phrase_wins():
     assert extract_choice(text, DATES) == "D"
 
 
-def test_flexible_takes_last_letter_without_strict_phrase():
-    assert extract_choice("Compare (A) with (B); clearly (D) fits.", DATES) == "D"
+def test_flexible_takes_the_one_letter_without_strict_phrase():
     assert extract_choice("Thinking... so it must be\n**C**", DATES) == "C"
     assert extract_choice("Option B", DATES) == "B"
+    # Letter and text of the same option are one option.
+    assert extract_choice("So today is (B) 05/01/2021.", DATES) == "B"
 
 
-def test_flexible_takes_last_option_text():
-    assert extract_choice("Not 05/02/2021 but 5/9/2021.", DATES) == "D"
+def test_flexible_takes_the_one_option_text():
+    assert extract_choice("Yesterday was 4/30/2021, so today is 5/1/2021.", DATES) == "B"
+
+
+def test_flexible_names_several_options_is_no_answer():
+    # Was "D" (the last one named), as lm-eval's MultiChoiceRegexFilter reads it.
+    assert extract_choice("Compare (A) with (B); clearly (D) fits.", DATES) is None
+    assert extract_choice("Not 05/02/2021 but 5/9/2021.", DATES) is None
+    assert extract_choice("(A) or\n**B**", DATES) is None
+    assert extract_choice("So today is (A) 05/01/2021.", DATES) is None
+
+
+def test_walking_through_the_options_is_not_credited():
+    # A weak student lists the options in order and never picks one; the gold is the last listed.
+    options = ["03/02/2011", "04/10/2011", "04/29/2011", "05/05/2011"]
+    text = (
+        "Step 1: 03/02/2011 is the date one week ago.\nStep 2: 04/10/2011 is the date\n"
+        "Step 3: 04/29/2011 is the\nStep 4: 05/05/2011 is the"
+    )
+    assert extract_choice(text, options) is None
+    assert not check_choice(text, mc("D", options))
+    assert not MultipleChoiceTask().score(text, mc("D", options)).correct
+
+
+def test_option_inside_a_longer_option_is_not_named_too():
+    choices = ["water", "salt water", "sand"]
+    assert extract_choice("It dissolves best in salt water.", choices) == "B"
+    assert extract_choice("It dissolves best in water.", choices) == "A"
+    assert extract_choice("Not water: salt water.", choices) is None
 
 
 def test_letter_outside_options_is_ignored():
@@ -205,6 +242,21 @@ def test_yes_no_words_inside_other_words_do_not_count():
     assert extract_yes_no("Nobody knows; eyes closed.") is None
 
 
+def test_yes_no_flexible_with_both_words_is_no_answer():
+    assert extract_yes_no("Yes, it could. But no, it cannot.") is None
+    assert extract_yes_no("**No**\nWait, yes.") is None
+    assert not check_yes_no("Yes, it could. But no, it cannot.", "No")
+    # A strict answer line still decides.
+    assert extract_yes_no("Yes, it could. But no. The answer is No.") == "No"
+
+
+def test_no_before_a_word_is_a_determiner_not_an_answer():
+    # Was "No" (the last yes/no word) although the response says yes.
+    assert extract_yes_no("Yes, because pancakes contain no meat.") == "Yes"
+    assert extract_yes_no("There is no record of it.") is None
+    assert extract_yes_no("There is no record of it, so no.") == "No"
+
+
 # ---------------------------------------------------------------- dates never go through math-verify
 
 
@@ -228,6 +280,13 @@ def test_date_strict_then_last():
         extract_date("From 04/30/2021 add a day. The answer is 05/01/2021; not 05/02/2021.") == "05/01/2021"
     )
     assert extract_date("From 04/30/2021 add a day: 5/1/2021") == "05/01/2021"
+
+
+def test_numbers_and_dates_keep_taking_the_last_value():
+    # Intermediate values are no lack of commitment: unchanged from lm-eval.
+    assert extract_number("First 3 apples, then 5 more, so 8 in total") == "8"
+    assert strict_number("First 3 apples, then 5 more, so 8 in total") is None
+    assert extract_date("04/29/2021 plus two days gives 05/01/2021") == "05/01/2021"
 
 
 def test_normalize_text():
@@ -281,3 +340,98 @@ def test_math_verify_works_off_the_main_thread():
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda g: math_equal(r"\frac{6}{4}", g), [r"\frac{3}{2}", "1.5", "2"]))
     assert results == [True, True, False]
+
+
+# ---------------------------------------------------------------- Task.score: strict and flexible side by side
+
+CONFLICT_DATES = ["09/03/2028", "08/29/2028", "08/30/2028", "09/02/2028", "09/01/2028"]
+
+
+def test_letter_text_conflict_is_flagged_and_the_text_wins():
+    # (E) is 09/01/2028; 08/29/2028 is option (B).
+    text = "The answer is (E) 08/29/2028."
+    got = MultipleChoiceTask().score(text, mc("B", CONFLICT_DATES))
+    assert got == AnswerScore(pred="B", correct=True, strict_pred="B", strict_correct=True, conflict=True)
+    assert strict_choice(text, CONFLICT_DATES) == "B"
+    assert not MultipleChoiceTask().score(text, mc("E", CONFLICT_DATES)).correct
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The answer is (B) 08/29/2028.", "The answer is (E).", "The answer is 08/29/2028.", "(E) 08/29/2028"],
+)
+def test_no_conflict_without_a_disagreeing_answer_line(text):
+    assert not MultipleChoiceTask().score(text, mc("B", CONFLICT_DATES)).conflict
+
+
+def test_one_clear_option_without_answer_line_is_flexible_only():
+    text = "Yesterday was 04/30/2021, so today is 05/01/2021."
+    got = MultipleChoiceTask().score(text, mc("B"))
+    assert got == AnswerScore(pred="B", correct=True, strict_pred=None, strict_correct=False, conflict=False)
+
+
+def test_unreadable_answer_line_falls_back_to_flexible():
+    got = MultipleChoiceTask().score("So (B).\nThe answer is unclear.", mc("B"))
+    assert (got.pred, got.correct, got.strict_pred, got.strict_correct) == ("B", True, None, False)
+
+
+def test_strict_scores_of_the_other_kinds():
+    rec = Record(id="q", question="?", answer="8")
+    assert NumberTask().score("3 + 5 = 8", rec) == AnswerScore("8", True, None, False, False)
+    assert NumberTask().score("The answer is 8.", rec) == AnswerScore("8", True, "8", True, False)
+    assert NumberTask().score("The answer is 7, not 8", rec) == AnswerScore("7", False, "7", False, False)
+    yes = Record(id="q", question="?", answer="Yes")
+    assert YesNoTask().score("**Yes**", yes) == AnswerScore("Yes", True, None, False, False)
+    assert strict_yes_no("The answer is yes.") == "Yes"
+    day = Record(id="q", question="?", answer="05/01/2021")
+    assert DateTask().score("The answer is 5/1/2021.", day) == AnswerScore(
+        "05/01/2021", True, "05/01/2021", True, False
+    )
+    half = Record(id="q", question="?", answer="0.5")
+    assert MathTask().score(r"so $x = \frac{1}{2}$", half) == AnswerScore(
+        r"x = \frac{1}{2}", True, None, False, False
+    )
+    assert MathTask().score(r"The answer is $\frac{2}{4}$.", half) == AnswerScore(
+        r"\frac{2}{4}", True, r"\frac{2}{4}", True, False
+    )
+
+
+_KIND_RECORDS = [
+    (MultipleChoiceTask, mc("B")),
+    (YesNoTask, Record(id="q", question="?", answer="Yes")),
+    (NumberTask, Record(id="q", question="?", answer="1000")),
+    (MathTask, Record(id="q", question="?", answer=r"\frac{1}{2}")),
+    (DateTask, Record(id="q", question="?", answer="05/01/2021")),
+]
+_TEXTS = [
+    "",
+    "I do not know.",
+    "The answer is (B) 05/01/2021.",
+    "The answer is (A) 05/01/2021.",
+    "The answer is (C).",
+    "Yesterday was 04/30/2021, so today is 05/01/2021.",
+    "Compare (A) with (B); clearly (D) fits.",
+    "The answer is Yes.",
+    "Yes, it could. But no.",
+    "**Yes**",
+    "The answer is 1,000.",
+    "999 + 1 = 1000",
+    "#### 999",
+    r"\boxed{\frac{2}{4}}",
+    r"We find $x = 0.5$",
+    "The answer is unclear. Maybe 1000.",
+]
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_score_agrees_with_extract_answer_and_is_correct(name):
+    task = get_task(name)
+    record = next(r for kind, r in _KIND_RECORDS if isinstance(task, kind))
+    for text in _TEXTS:
+        got = task.score(text, record)
+        assert got.pred == task.extract_answer(text, record), text
+        assert got.correct == task.is_correct(text, record), text
+        # A strict answer is the answer: the flexible pass only runs without one.
+        assert got.strict_pred is None or got.strict_pred == got.pred, text
+        assert got.strict_correct == (got.strict_pred is not None and got.correct), text
+        assert not got.conflict or isinstance(task, MultipleChoiceTask), text

@@ -1,7 +1,8 @@
 """The task interface: data loading, prompt, answer extraction and check.
 
 A task owns everything that depends on its answer format, so generate,
-filter, train and evaluate all call the same `is_correct`.
+filter, train and evaluate all call the same `is_correct` (or `score`, which
+also says how the answer was read).
 """
 
 from __future__ import annotations
@@ -38,6 +39,26 @@ class Record:
         )
 
 
+@dataclass(frozen=True)
+class AnswerScore:
+    """How one response was read and scored (`Task.score`).
+
+    `pred`/`correct` are what accuracy counts: the strict answer if the response
+    has one, else the flexible pass's (equal to `extract_answer`/`is_correct`).
+    `strict_pred`/`strict_correct` use only the final answer line ("The answer
+    is ...", "####", \\boxed), so their gap shows how much accuracy rests on
+    answers the response never stated as final. `conflict` (multiple choice
+    only): that line's letter and option text name different options, and the
+    text decided.
+    """
+
+    pred: str | None
+    correct: bool
+    strict_pred: str | None
+    strict_correct: bool
+    conflict: bool
+
+
 class Task:
     """Base class; subclasses set `name` and implement `load` and `extract_answer`."""
 
@@ -67,6 +88,9 @@ class Task:
         raise NotImplementedError
 
     def is_correct(self, text: str, record: Record) -> bool:
+        raise NotImplementedError
+
+    def score(self, text: str, record: Record) -> AnswerScore:
         raise NotImplementedError
 
 

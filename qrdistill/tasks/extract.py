@@ -3,8 +3,24 @@
 Follows the lm-evaluation-harness convention: a *strict* pass looks for the
 answer the response commits to ("The answer is ...", "The final answer is
 ...", "#### N", "\\boxed{...}"), and only when there is none a *flexible* pass
-takes the last plausible answer anywhere in the text (last lettered option,
-last number, last date, last yes/no).
+looks for an answer anywhere in the text. `Task.score` reports both: the
+strict answer alone (`strict_pred`) and the flexible one that accuracy uses
+(`pred`).
+
+The flexible pass differs by kind:
+- numbers and dates: the last one in the text, as lm-eval does; a chain of
+  thought legitimately states intermediate values before the result;
+- multiple choice and yes/no: an answer only if the response names exactly
+  one of the possible answers, stricter than lm-eval's last match. Weak
+  models walk through the options in order ("Step 1: 03/02/2011 ... Step 4:
+  05/05/2011 is the") and would otherwise be credited with the last one
+  listed without ever committing to it.
+
+When a strict answer line states a letter and an option text that name
+different options ("The answer is (E) 08/29/2028." where 08/29/2028 is
+option (B)), the text wins: the text is what the response computed, the
+letter only a lookup. `AnswerScore.conflict` marks these, so a report can
+count how often the rule decided.
 
 The kinds of answer are checked differently on purpose:
 - letters, yes/no and MM/DD/YYYY dates are compared as normalised strings:
@@ -23,10 +39,11 @@ check and gold text; a concrete task adds only `load`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
 
-from qrdistill.tasks.base import Record, Task
+from qrdistill.tasks.base import AnswerScore, Record, Task
 
 # "The answer is", "the final answer is", "the correct answer is", "Answer:" at a line start.
 _STRICT_RE = re.compile(
@@ -41,7 +58,8 @@ _LINE_LETTER_RE = re.compile(
     r"^[ \t*]*(?:option[ \t]+)?\(?([A-Z])\)?[.:]?[ \t*]*\.?[ \t]*$", re.MULTILINE | re.IGNORECASE
 )
 _DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
-_YES_NO_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+# "no" before a word ("no meat", "No Exit") is a determiner, not an answer.
+_YES_NO_RE = re.compile(r"\b(yes\b|no\b(?![ \t]+\w))", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\w.])-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\$?\.\d+")
 _INLINE_MATH_RE = re.compile(r"\$([^$]+)\$")
 
@@ -166,58 +184,72 @@ def _option_in_span(span: str, choices: list[str]) -> int | None:
     return max(starts)[1] if starts else None
 
 
-def _choice_from_span(span: str, choices: list[str]) -> str | None:
+def _choice_from_span(span: str, choices: list[str]) -> tuple[str | None, bool]:
+    """The option letter a strict span names, and whether the span's letter and option
+    text name different options (the text wins; see the module docstring)."""
     valid = letters(len(choices))
     # An option whose text itself looks like a letter phrase ("A cell wall") is matched whole first.
     ns = normalize_text(span)
     exact = [i for i, c in enumerate(choices) if normalize_text(c) == ns]
     if ns and exact:
-        return valid[exact[0]]
+        return valid[exact[0]], False
     m = _LETTER_SPAN_RE.match(span)
     letter = m.group(1) if m and m.group(1) in valid else None
     if letter is not None:
-        # "(B) 05/01/2021": the stated option text wins over the letter when they disagree,
-        # since the text is what the response computed and the letter only a lookup.
         after = span[m.end() :]
         idx = _option_in_span(after, choices) if after.strip(_MARKUP + ".") else None
-        return valid[idx] if idx is not None else letter
+        if idx is None:
+            return letter, False
+        return valid[idx], valid[idx] != letter
     idx = _option_in_span(span, choices)
     if idx is not None:
-        return valid[idx]
+        return valid[idx], False
     # "The answer is option C" / "The answer is therefore (C)".
     found = [x for x in _PAREN_LETTER_RE.findall(span) if x in valid]
-    return found[0] if found else None
+    return (found[0] if found else None), False
+
+
+def _strict_choice(text: str, choices: list[str]) -> tuple[str | None, bool]:
+    span = strict_span(text)
+    return _choice_from_span(span, choices) if span else (None, False)
+
+
+def strict_choice(text: str, choices: list[str]) -> str | None:
+    """The option letter the last "The answer is" span names, or None: a letter ("B", "(B)",
+    "**B**", "B."), a letter plus option text (the text wins), or the option text alone."""
+    return _strict_choice(text, choices)[0]
+
+
+def flexible_choice(text: str, choices: list[str]) -> str | None:
+    """The one option a response names anywhere, or None if it names none or several.
+
+    An option is named by a parenthesised letter "(B)", a bold letter "**B**", a line
+    holding only a letter, or its text. lm-eval's MultiChoiceRegexFilter takes the last
+    match instead, which credits a response that lists the options in turn with the last
+    one listed; a response that names two options has not committed to either.
+    """
+    valid = letters(len(choices))
+    named = {m.group(1) for rx in (_PAREN_LETTER_RE, _BOLD_LETTER_RE) for m in rx.finditer(text)}
+    named |= {m.group(1).upper() for m in _LINE_LETTER_RE.finditer(text)}
+    named = {x for x in named if x in valid}
+    spans = [
+        (m.start(), m.end(), i)
+        for i, c in enumerate(choices)
+        if (pat := _option_pattern(c)) is not None
+        for m in pat.finditer(text)
+    ]
+    # "salt water" names the option "salt water", not also the option "water".
+    named |= {
+        valid[i]
+        for s, e, i in spans
+        if not any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, _ in spans)
+    }
+    return named.pop() if len(named) == 1 else None
 
 
 def extract_choice(text: str, choices: list[str]) -> str | None:
-    """The option letter a response commits to, or None.
-
-    Strict: the span after the last "The answer is" -- a letter ("B", "(B)", "**B**",
-    "B."), a letter plus option text, or the option text alone. Flexible (no strict
-    span): the last of a parenthesised letter "(B)", a bold letter "**B**", a line
-    holding only a letter, or an option's text in the response.
-    """
-    if not choices:
-        return None
-    span = strict_span(text)
-    if span:
-        got = _choice_from_span(span, choices)
-        if got is not None:
-            return got
-    valid = letters(len(choices))
-    cands: list[tuple[int, str]] = []
-    for rx in (_PAREN_LETTER_RE, _BOLD_LETTER_RE):
-        cands += [(m.end(), m.group(1)) for m in rx.finditer(text) if m.group(1) in valid]
-    cands += [
-        (m.end(), m.group(1).upper()) for m in _LINE_LETTER_RE.finditer(text) if m.group(1).upper() in valid
-    ]
-    for i, c in enumerate(choices):
-        pat = _option_pattern(c)
-        if pat is not None:
-            cands += [(m.end(), valid[i]) for m in pat.finditer(text)]
-    if not cands:
-        return None
-    return max(cands, key=lambda c: c[0])[1]
+    """The option letter a response commits to: `strict_choice`, else `flexible_choice`."""
+    return strict_choice(text, choices) or flexible_choice(text, choices)
 
 
 def _option_pattern(option: str) -> re.Pattern[str] | None:
@@ -245,16 +277,28 @@ def check_choice(text: str, record: Record) -> bool:
 # ---------------------------------------------------------------- yes / no
 
 
-def extract_yes_no(text: str) -> str | None:
-    """ "Yes" / "No" from the strict span's first word, else the last yes/no in the text."""
+def strict_yes_no(text: str) -> str | None:
+    """ "Yes" / "No" from the first word of the strict span, or None."""
     span = strict_span(text)
-    if span:
-        first = re.split(r"[\s,.;:!()]+", span.strip(_MARKUP + "(["), maxsplit=1)[0]
-        got = normalize_yes_no(first)
-        if got:
-            return got
-    found = _YES_NO_RE.findall(text)
-    return normalize_yes_no(found[-1]) if found else None
+    if not span:
+        return None
+    first = re.split(r"[\s,.;:!()]+", span.strip(_MARKUP + "(["), maxsplit=1)[0]
+    return normalize_yes_no(first)
+
+
+def flexible_yes_no(text: str) -> str | None:
+    """The one of "Yes" / "No" a response says anywhere, or None if it says neither or both.
+
+    Like `flexible_choice`, stricter than lm-eval's last match: "No ... yes" has not
+    committed. "no" before a word ("no meat") is a determiner and does not count.
+    """
+    found = {normalize_yes_no(w) for w in _YES_NO_RE.findall(text)}
+    return found.pop() if len(found) == 1 else None
+
+
+def extract_yes_no(text: str) -> str | None:
+    """ "Yes" / "No": `strict_yes_no`, else `flexible_yes_no`."""
+    return strict_yes_no(text) or flexible_yes_no(text)
 
 
 def check_yes_no(text: str, gold: str) -> bool:
@@ -265,12 +309,10 @@ def check_yes_no(text: str, gold: str) -> bool:
 # ---------------------------------------------------------------- numbers
 
 
-def extract_number(text: str) -> str | None:
-    """The final number as a normalised string ("1,000.00" -> "1000"), or None.
-
-    Strict: \\boxed{N}, "#### N" or "The answer is N" (the first number of that span,
-    or the first after its last "="); flexible: the last number in the text.
-    """
+def strict_number(text: str) -> str | None:
+    """The committed number as a normalised string ("1,000.00" -> "1000"), or None:
+    \\boxed{N}, "#### N" or "The answer is N" (the first number of that span, or the
+    first after its last "=")."""
     boxed = last_boxed(text)
     if boxed is not None:
         got = normalize_number(boxed)
@@ -285,6 +327,14 @@ def extract_number(text: str) -> str | None:
         nums = _NUMBER_RE.findall(span.rsplit("=", 1)[-1]) or _NUMBER_RE.findall(span)
         if nums:
             return normalize_number(nums[0])
+    return None
+
+
+def extract_number(text: str) -> str | None:
+    """`strict_number`, else the last number in the text."""
+    got = strict_number(text)
+    if got is not None:
+        return got
     nums = _NUMBER_RE.findall(text)
     return normalize_number(nums[-1]) if nums else None
 
@@ -297,13 +347,17 @@ def check_number(text: str, gold: str) -> bool:
 # ---------------------------------------------------------------- dates
 
 
-def extract_date(text: str) -> str | None:
-    """MM/DD/YYYY from the strict span, else the last date in the text (zero-padded)."""
+def strict_date(text: str) -> str | None:
+    """The first date (zero-padded MM/DD/YYYY) of the strict span, or None."""
     span = strict_span(text)
-    if span:
-        got = normalize_date(span)
-        if got:
-            return got
+    return normalize_date(span) if span else None
+
+
+def extract_date(text: str) -> str | None:
+    """`strict_date`, else the last date in the text (zero-padded)."""
+    got = strict_date(text)
+    if got:
+        return got
     found = list(_DATE_RE.finditer(text))
     return _pad_date(found[-1]) if found else None
 
@@ -317,23 +371,26 @@ def check_date(text: str, gold: str) -> bool:
 # ---------------------------------------------------------------- math expressions
 
 
-def extract_math(text: str) -> str | None:
-    r"""The final mathematical answer as written (LaTeX), or None.
-
-    Strict: the last \boxed{...}, then "The (final) answer is ..." (inline `$...$`
-    stripped); flexible: the last inline `$...$`, then the last number.
-    """
+def strict_math(text: str) -> str | None:
+    r"""The committed mathematical answer as written (LaTeX), or None: the last
+    \boxed{...}, then "The (final) answer is ..." (inline `$...$` stripped)."""
     boxed = last_boxed(text)
     if boxed:
         return boxed
     span = strict_span(text)
-    if span:
-        # "$\frac{1}{2}$. I hope it is correct." -> "\frac{1}{2}"
-        m = _INLINE_MATH_RE.search(span)
-        got = m.group(1) if m else re.split(r"\.\s|\.$", span.strip(), maxsplit=1)[0]
-        got = got.strip().rstrip(".")
-        if got:
-            return got
+    if not span:
+        return None
+    # "$\frac{1}{2}$. I hope it is correct." -> "\frac{1}{2}"
+    m = _INLINE_MATH_RE.search(span)
+    got = m.group(1) if m else re.split(r"\.\s|\.$", span.strip(), maxsplit=1)[0]
+    return got.strip().rstrip(".") or None
+
+
+def extract_math(text: str) -> str | None:
+    """`strict_math`, else the last inline `$...$`, then the last number."""
+    got = strict_math(text)
+    if got:
+        return got
     found = _INLINE_MATH_RE.findall(text)
     if found:
         return found[-1].strip()
@@ -373,6 +430,21 @@ def check_math(text: str, gold: str) -> bool:
 # ---------------------------------------------------------------- answer-kind task bases
 
 
+def _answer_score(
+    strict_pred: str | None, pred: str | None, is_gold: Callable[[str], bool], conflict: bool = False
+) -> AnswerScore:
+    # The flexible pass runs only without a strict answer, so a strict answer is `pred`
+    # itself and its check need not run twice (math-verify is slow).
+    correct = pred is not None and is_gold(pred)
+    return AnswerScore(
+        pred=pred,
+        correct=correct,
+        strict_pred=strict_pred,
+        strict_correct=strict_pred is not None and correct,
+        conflict=conflict,
+    )
+
+
 class MultipleChoiceTask(Task):
     """Lettered options; `answer` is the gold letter, `meta["answer_text"]` its text."""
 
@@ -388,6 +460,11 @@ class MultipleChoiceTask(Task):
     def is_correct(self, text: str, record: Record) -> bool:
         return check_choice(text, record)
 
+    def score(self, text: str, record: Record) -> AnswerScore:
+        strict, conflict = _strict_choice(text, record.choices)
+        pred = extract_choice(text, record.choices)
+        return _answer_score(strict, pred, lambda p: p == record.answer, conflict)
+
     def gold_text(self, record: Record) -> str:
         return f"({record.answer}) {record.meta.get('answer_text', '')}".strip()
 
@@ -400,6 +477,10 @@ class YesNoTask(Task):
 
     def is_correct(self, text: str, record: Record) -> bool:
         return check_yes_no(text, record.answer)
+
+    def score(self, text: str, record: Record) -> AnswerScore:
+        gold = normalize_yes_no(record.answer)
+        return _answer_score(strict_yes_no(text), extract_yes_no(text), lambda p: p == gold)
 
     def gold_text(self, record: Record) -> str:
         return normalize_yes_no(record.answer) or record.answer
@@ -415,6 +496,10 @@ class NumberTask(Task):
 
     def is_correct(self, text: str, record: Record) -> bool:
         return check_number(text, record.answer)
+
+    def score(self, text: str, record: Record) -> AnswerScore:
+        gold = normalize_number(record.answer)
+        return _answer_score(strict_number(text), extract_number(text), lambda p: p == gold)
 
     def gold_text(self, record: Record) -> str:
         return normalize_number(record.answer) or record.answer
@@ -432,6 +517,9 @@ class MathTask(Task):
     def is_correct(self, text: str, record: Record) -> bool:
         return check_math(text, record.answer)
 
+    def score(self, text: str, record: Record) -> AnswerScore:
+        return _answer_score(strict_math(text), extract_math(text), lambda p: math_equal(p, record.answer))
+
     def gold_text(self, record: Record) -> str:
         return record.answer
 
@@ -446,6 +534,10 @@ class DateTask(Task):
 
     def is_correct(self, text: str, record: Record) -> bool:
         return check_date(text, record.answer)
+
+    def score(self, text: str, record: Record) -> AnswerScore:
+        gold = normalize_date(record.answer)
+        return _answer_score(strict_date(text), extract_date(text), lambda p: p == gold)
 
     def gold_text(self, record: Record) -> str:
         return normalize_date(record.answer) or record.answer
@@ -467,6 +559,8 @@ __all__ = [
     "extract_math",
     "extract_number",
     "extract_yes_no",
+    "flexible_choice",
+    "flexible_yes_no",
     "last_boxed",
     "letters",
     "math_equal",
@@ -474,5 +568,10 @@ __all__ = [
     "normalize_number",
     "normalize_text",
     "normalize_yes_no",
+    "strict_choice",
+    "strict_date",
+    "strict_math",
+    "strict_number",
     "strict_span",
+    "strict_yes_no",
 ]
