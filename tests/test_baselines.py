@@ -78,7 +78,7 @@ def test_config_runs_end_to_end_and_writes_its_row(name, tiny, runs_root, tmp_pa
         # The switch the row is about reached the train stage.
         for field in ("method", "data_fraction", "lambda_mutual", "frozen_peer", "single_student"):
             assert meta[field] == getattr(cfg.train, field), field
-        assert meta["router"]["enabled"] == cfg.train.router.enabled
+        assert meta["router"]["mode"] == cfg.train.router.mode
         filt = json.loads((run_dir / "meta" / "filter.json").read_text())["config"]["filter"]
         assert filt["enabled"] == cfg.filter.enabled
     for st in summary["students"].values():

@@ -302,7 +302,7 @@ def test_collaboration_reaches_real_students_with_different_tokenizers(tmp_path)
     students = load_students([{"name": "llama", "model": paths[0]}, {"name": "gpt2", "model": paths[1]}])
     prompts = ["Question: Jane has 12 apples and buys 30 more. How many?\n", "Q: 7 * 8 - 6?\n"]
     responses = ["She has 12 + 30 = 42 apples. The answer is 42.", "First, 7 * 8 = 56. Then 56 - 6 = 50."]
-    batches = [s.encode(prompts, responses, max_length=64) for s in students]
+    batches = [s.encode(prompts, responses, max_length=256) for s in students]
     outputs = [s.forward(b) for s, b in zip(students, batches, strict=True)]
     pooled, span_mask = align_students(outputs, batches)
     head = MutualHead([s.hidden_size for s in students], shared_dim=8)

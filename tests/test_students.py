@@ -75,23 +75,18 @@ def test_encode_tokenizes_prompt_and_response_like_generation(tiny_paths):
                     assert piece in tok.decode([tid]) or tok.decode([tid]).strip() in piece
 
 
-def test_encode_truncates_prompt_start_then_response_end(tiny_paths):
+def test_encode_never_cuts_a_pair_and_pair_lengths_match_it(tiny_paths):
     (s,) = load_students([spec("llama", tiny_paths[0])])
     tok = s.tokenizer
     prompt, response = PROMPTS[0], RESPONSES[0]
     p_ids = tok(prompt)["input_ids"]
     r_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    limit = len(p_ids) + len(r_ids) - 5
-    batch = s.encode([prompt], [response], max_length=limit)
-    ids = batch.input_ids[0].tolist()
-    assert len(ids) == limit
-    assert ids[0] == tok.bos_token_id and ids[1:len(p_ids) - 5] == p_ids[6:]  # BOS kept, 5 prompt tokens cut
-    assert ids[len(p_ids) - 5:] == r_ids
-    # When even a one-token prompt is too long, the response loses its end (and EOS).
-    batch = s.encode([prompt], [response], max_length=6)
-    ids = batch.input_ids[0].tolist()
-    assert ids[:2] == [tok.bos_token_id, p_ids[-1]] and ids[2:] == r_ids[:4]
-    assert len(batch.response_offsets[0]) == 4 and int(batch.response_mask.sum()) == 4
+    assert s.pair_lengths([prompt], [response]) == [(len(p_ids), len(r_ids))]
+    exact = len(p_ids) + len(r_ids)
+    batch = s.encode([prompt], [response], max_length=exact)
+    assert batch.input_ids[0].tolist() == p_ids + r_ids  # the whole question and the answer line with EOS
+    with pytest.raises(ValueError, match="never cut"):
+        s.encode([prompt], [response], max_length=exact - 1)
 
 
 def test_answer_weight_marks_the_final_answer_line(tiny_paths):

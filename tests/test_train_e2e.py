@@ -130,7 +130,7 @@ def test_every_trainable_tensor_is_optimized_and_gets_gradient(tmp_path, models,
         assert names == ["mutual", "router", "student/gpt2", "student/llama"]
         lrs = {g["group"]: g["lr"] for g in trainer.optimizer.param_groups}
         assert lrs["router"] == cfg.train.router.lr and lrs["mutual"] == cfg.train.mutual.lr
-        trainer._micro(0, 0, 1, 1.0, 1, [], [])
+        trainer.accumulate(epoch=0, micro=0, step=0)
         missing = [n for n, p in zip(trainer.param_names, trainer.params, strict=True) if p.grad is None]
         assert missing == []
         # The router and the competence regressors learn from the losses (non-zero gradient).

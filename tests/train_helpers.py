@@ -36,7 +36,6 @@ def tiny_train_section(models: list[str], **overrides: Any) -> dict[str, Any]:
         # Any HF encoder works as eq. 1's Enc; the tiny Llama keeps tests fast (MiniLM: the slow test).
         "router": {"encoder": llama},
         "batch_size": 4,
-        "max_length": 96,
         "checkpoint_every": 50,
         "warmup_ratio": 0.0,
     }

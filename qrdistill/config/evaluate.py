@@ -32,7 +32,16 @@ class EvaluateConfig(BaseModel):
     )
     limit: PositiveInt | None = Field(None, description="Evaluate the first N test questions of each task.")
     batch_size: PositiveInt = Field(8, description="Questions generated at once (left-padded greedy decoding).")
-    max_new_tokens: PositiveInt = Field(256, description="Generation limit per answer.")
+    max_new_tokens: Literal["auto"] | PositiveInt = Field(
+        "auto",
+        description="Generation limit per answer. auto: a trained student gets 1.25 x the p99 token length of its "
+        "own training responses (from train/summary.json), a base model its task's default (`base_max_new_tokens` "
+        "overrides it). Answers stop at EOS or once their answer line is complete, so a long budget costs "
+        "nothing when answers are short.",
+    )
+    base_max_new_tokens: PositiveInt | None = Field(
+        None, description="max_new_tokens: auto for base (zero-shot) models; None = each task's default."
+    )
     stop_at_answer: bool = Field(
         True,
         description=(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class TaskSpec(BaseModel):
@@ -16,6 +16,17 @@ class TaskSpec(BaseModel):
     split: str = Field("train", description="Split to load.")
     path: str | None = Field(None, description="Local file (JSON/JSONL/Parquet); None = hub id or built-in.")
     limit: PositiveInt | None = Field(None, description="Keep the first N questions.")
+    difficulty: list[int] | None = Field(
+        None, description="Keep only questions of these difficulty levels (tasks whose records carry "
+        "meta.difficulty, e.g. the procedural family: 1-4); the limit applies after this filter.",
+    )
+
+    @field_validator("difficulty")
+    @classmethod
+    def _levels(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not v:
+            raise ValueError("give at least one difficulty level, or leave difficulty unset for all")
+        return v
 
 
 class _BackendBase(BaseModel):

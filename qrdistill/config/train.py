@@ -1,7 +1,7 @@
 """Config of the train stage: students, router, losses, loop. Owned by the train stage.
 
 The baselines are configs of the same loop (`method`), and the paper's
-ablations are switches (`router.enabled`, `lambda_mutual: 0`, `frozen_peer`,
+ablations are switches (`router.mode`, `lambda_mutual: 0`, `frozen_peer`,
 `single_student`). Fields left unset (`None`) take the method's default, e.g.
 `method: sft` means no router and no collaboration; setting a value that
 contradicts the method is an error naming the field.
@@ -13,10 +13,19 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-Method = Literal["qrdistill", "sft", "skd", "step_by_step"]
+Method = Literal["qrdistill", "sft", "answer_aug", "skd", "step_by_step"]
+RouterMode = Literal["learned", "random", "off"]
 
 #: Student names become directory names and PEFT adapter names (PEFT keeps
 #: adapters in a ModuleDict, so no dots).
@@ -68,16 +77,35 @@ class StudentConfig(BaseModel):
 
 
 class RouterConfig(BaseModel):
-    """Conditional routing (eqs. 1-2): frozen path encoder + MLP + Gumbel-Softmax."""
+    """Conditional routing (eqs. 1-2): frozen path encoder + MLP + Gumbel-Softmax; see docs/method.md."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool | None = Field(
-        None, description="None = the method's default (on for qrdistill); false = every path to every student."
+    mode: RouterMode | None = Field(
+        None,
+        description="learned: the trainable router (eqs. 1-2); random: the same Gumbel noise with P(route) fixed at "
+        "1/2 (a control); off: every path to every student. None = learned for qrdistill, off for the baselines. "
+        "`enabled: false` is accepted for `mode: off` (`enabled: true` for learned).",
     )
     encoder: str = Field("minilm", description="Path encoder: `minilm` (bundled) or any HF encoder id/path.")
     hidden: PositiveInt = Field(256, description="Hidden width of the router MLP.")
-    lr: float = Field(1.0e-3, gt=0, le=1.0)
+    lr: float = Field(3.0e-3, gt=0, le=1.0, description="AdamW learning rate of the router (its own param group).")
+    schedule: Literal["constant", "students"] = Field(
+        "constant", description="Router learning-rate schedule: constant, or the students' warmup and decay "
+        "(which leaves the router almost no steps at full rate in a short run)."
+    )
+    signal: Literal["relative", "own_mean"] = Field(
+        "relative",
+        description="What the router learns from. relative: each student's loss on a path minus the other "
+        "students' losses on the same path (difficulty shared by all students cancels), centred per student; "
+        "own_mean: the loss minus the student's own mean over its routed paths (eq. 9's straight-through "
+        "gradient as written).",
+    )
+    peer_forward: bool = Field(
+        False, description="relative signal: run a no-grad forward of the students a path was not routed to, so "
+        "every path gives a comparison (costs about half a training step per such pair); false = only paths "
+        "routed to two or more students compare.",
+    )
     tau: float = Field(1.0, gt=0, le=100, description="Gumbel-Softmax temperature (start of the anneal).")
     tau_end: float = Field(0.5, gt=0, le=100, description="Temperature at the last step when anneal is on.")
     anneal: bool = Field(True, description="Anneal tau (geometrically) from tau to tau_end over training.")
@@ -85,6 +113,29 @@ class RouterConfig(BaseModel):
         "batch", description="Eq. 3's mean assignment over the batch's paths, or per question then averaged "
         "(see docs/method.md)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _enabled_alias(cls, data):
+        if isinstance(data, dict) and "enabled" in data:
+            data = dict(data)
+            enabled = data.pop("enabled")
+            if enabled is not None:
+                if not isinstance(enabled, bool):
+                    raise ValueError("enabled must be true or false (or use mode: learned | random | off)")
+                if data.get("mode") is not None and data["mode"] != ("learned" if enabled else "off"):
+                    raise ValueError(f"enabled: {str(enabled).lower()} contradicts mode: {data['mode']}")
+                data["mode"] = "learned" if enabled else "off"
+        return data
+
+    @property
+    def enabled(self) -> bool:
+        """Whether routing selects a subset of students per path (learned or random)."""
+        return self.mode in ("learned", "random")
+
+    @property
+    def learned(self) -> bool:
+        return self.mode == "learned"
 
 
 class MutualConfig(BaseModel):
@@ -100,6 +151,11 @@ class MutualConfig(BaseModel):
         True, description="Stop gradient through the ensemble target z_ens; γ's regressors are then trained "
         "by the competence term (cross-entropy against which student has the lower distill loss on the path). "
         "false: γ and projections learn through eq. 8 itself (γ drifts to uniform)."
+    )
+    init: Literal["shared", "independent"] = Field(
+        "shared", description="shared: students of the same hidden width start with the same projection (and "
+        "all regressors alike), so identical students start with a zero mutual loss; independent: each "
+        "projection drawn on its own (a same-base pair then starts the term with noise).",
     )
     peer_paths: Literal["co_routed", "all"] = Field(
         "co_routed",
@@ -120,9 +176,10 @@ class TrainConfig(BaseModel):
 
     method: Method = Field(
         "qrdistill",
-        description="qrdistill (router + entropy + mutual) | sft (answer augmentation: every kept path to every "
-        "student) | skd (one chain-of-thought path per question) | step_by_step (rationale and answer as two "
-        "supervised outputs).",
+        description="qrdistill (router + entropy + mutual) | sft (all kept paths of every style to every student: "
+        "no router, no collaboration) | answer_aug (the k sampled paths of one style per question, "
+        "answer_aug_style) | skd (one chain-of-thought path per question) | step_by_step (rationale and answer "
+        "as two supervised outputs).",
     )
     single_student: bool = Field(False, description="Train exactly one student (no router, no collaboration).")
     students: list[StudentConfig] = Field(
@@ -139,6 +196,12 @@ class TrainConfig(BaseModel):
         None, validate_default=True,
         description="λ1 of eq. 9 (weight of the routing entropy, maximised). None = 0.1 with a router, else 0.",
     )
+    lambda_load: float | None = Field(
+        None, validate_default=True,
+        description="Weight of the load term (maximised): the mean over students of the binary entropy of each "
+        "student's own mean assignment, so no student can be starved or flooded. None = 0.5 with a learned "
+        "router, else 0.",
+    )
     lambda_mutual: float | None = Field(
         None, validate_default=True,
         description="λ2 of eq. 9 (mutual distillation). None = 0.1 for qrdistill, else 0; 0 = w/o collaboration.",
@@ -147,25 +210,38 @@ class TrainConfig(BaseModel):
     frozen_peer: str | None = Field(
         None, description="Name of a student whose parameters stay fixed (it still feeds the ensemble)."
     )
+    answer_aug_style: str = Field(
+        "cot", description="answer_aug: the one style whose sampled paths (generate.samples_per_style) are the data."
+    )
     epochs: PositiveInt = Field(1, le=1000)
+    step_budget: Literal["matched", "epochs"] = Field(
+        "matched", description="matched: every method takes epochs x (kept paths / effective batch) optimizer "
+        "steps, cycling its own items, so methods compared in one table train equally long; epochs: epochs "
+        "passes over the method's own items (the paper's counts: 10 epochs, 3 for math).",
+    )
     max_steps: PositiveInt | None = Field(
         None, description="Optimizer steps to run; overrides epochs (the data is cycled as needed)."
     )
     batch_size: PositiveInt = Field(4, le=4096, description="Paths per device per micro-batch.")
     grad_accum: PositiveInt = Field(1, le=1024, description="Micro-batches per optimizer step.")
-    max_length: PositiveInt = Field(
-        192, ge=16, description="Tokens per path (prompt truncated from the left first, then the response end)."
+    max_length: Literal["auto"] | PositiveInt = Field(
+        "auto", description="Tokens per (prompt, response) pair. auto: the p99 of the data's pair lengths, per "
+        "student tokenizer, capped by max_length_cap. A pair that does not fit is dropped and counted, never cut; "
+        "more than 1% dropped is an error.",
     )
+    max_length_cap: PositiveInt = Field(2048, ge=16, description="Upper bound of max_length: auto.")
     answer_weight: float = Field(
         1.0, ge=0, le=1000, description="Loss weight of the final-answer line's tokens relative to the rest."
     )
     data_fraction: float = Field(
         1.0, gt=0, le=1, description="Fraction of training QUESTIONS kept (seeded), for the sample-efficiency sweep."
     )
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay of students and mutual head.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup share of the steps, then decay.")
-    scheduler: Literal["linear", "constant_with_warmup", "cosine"] = "linear"
+    scheduler: Literal["linear", "constant_with_warmup", "cosine"] = Field(
+        "linear", description="Learning-rate schedule of the students and the mutual head (the router has its own)."
+    )
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast on GPU (accelerate).")
     checkpoint_every: PositiveInt = Field(50, description="Optimizer steps between checkpoints (plus the last).")
@@ -205,27 +281,28 @@ class TrainConfig(BaseModel):
     def _router(cls, v: RouterConfig, info: ValidationInfo) -> RouterConfig:
         joint, why = cls._joint(info)
         v = v.model_copy()
-        if v.enabled is None:
-            v.enabled = joint
-        elif v.enabled and not joint:
-            raise _fail(f"{why} trains without a router; remove router.enabled or set it false")
+        if v.mode is None:
+            v.mode = "learned" if joint else "off"
+        elif v.mode != "off" and not joint:
+            raise _fail(f"{why} trains without a router; remove router.mode or set it to off")
         if v.anneal and v.tau_end > v.tau:
             raise _fail(f"annealing lowers tau, but tau_end {v.tau_end} > tau {v.tau}")
         return v
 
-    @field_validator("lambda_entropy", "lambda_mutual")
+    @field_validator("lambda_entropy", "lambda_load", "lambda_mutual")
     @classmethod
     def _lambda(cls, v: float | None, info: ValidationInfo) -> float:
-        which = "λ1 (routing entropy)" if info.field_name == "lambda_entropy" else "λ2 (mutual distillation)"
+        which = {"lambda_entropy": "λ1 (routing entropy)", "lambda_load": "the load term",
+                 "lambda_mutual": "λ2 (mutual distillation)"}[info.field_name]
         if v is not None and (math.isnan(v) or v < 0 or v > LAMBDA_MAX):
             raise _fail(f"{which} must be in [0, {LAMBDA_MAX:g}], got {v}")
-        router = info.data.get("router")
-        if info.field_name == "lambda_entropy":
-            on = bool(router and router.enabled)
+        if info.field_name in ("lambda_entropy", "lambda_load"):
+            router = info.data.get("router")
+            on = bool(router and router.learned)
             if v is None:
-                return 0.1 if on else 0.0
+                return (0.1 if info.field_name == "lambda_entropy" else 0.5) if on else 0.0
             if v > 0 and not on:
-                raise _fail("the entropy term regularises the router, which is disabled; must be 0")
+                raise _fail(f"{which} regularises the learned router, which this run does not train; must be 0")
             return v
         joint, why = cls._joint(info)
         if v is None:

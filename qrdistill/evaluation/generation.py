@@ -2,7 +2,9 @@
 
 Prompts are sorted by length and left-padded so a batch wastes little work;
 each sequence stops on EOS, once its final-answer line is complete, or when
-it starts a new "Question:" (base models keep writing exam papers). The
+it starts a new "Question:" (base models keep writing exam papers), and
+records which of these ended it (`Generation.stop`: eos, answer_line,
+new_question, or budget when max_new_tokens ran out first). The
 log-probability of the kept text under the same model is recorded for the
 ensemble pick, at no extra forward pass: greedy decoding picks the argmax, so
 its log-probability is the row maximum of the step's log-softmax.
@@ -22,22 +24,31 @@ _ANSWER_LINE = re.compile(r"the answer is\b[^\n]*?(?:\.(?=\s)|\n)", re.IGNORECAS
 _NEW_QUESTION = re.compile(r"\n\s*(?:Question|Q)\s*:")
 
 
-def stop_point(text: str) -> int | None:
-    """Character index where a generated answer is complete, or None if it is not yet.
+STOP_REASONS = ("eos", "answer_line", "new_question", "budget")
+
+
+def stop_reason(text: str) -> tuple[int, str] | None:
+    """(character index, reason) where a generated answer is complete, or None if it is not yet.
 
     Complete = the first "The answer is ..." sentence has ended (a period
-    followed by whitespace, or a newline), or a new "Question:" begins (cut
-    before it). "The answer is 2.5." at the very end is not complete yet: the
-    next token may continue the number.
+    followed by whitespace, or a newline): `answer_line`; or a new "Question:"
+    begins (cut before it): `new_question`. "The answer is 2.5." at the very end
+    is not complete yet: the next token may continue the number.
     """
     cuts = []
     m = _ANSWER_LINE.search(text)
     if m:
-        cuts.append(m.end())
+        cuts.append((m.end(), "answer_line"))
     q = _NEW_QUESTION.search(text)
     if q:
-        cuts.append(q.start())
+        cuts.append((q.start(), "new_question"))
     return min(cuts) if cuts else None
+
+
+def stop_point(text: str) -> int | None:
+    """Character index where a generated answer is complete, or None (see `stop_reason`)."""
+    found = stop_reason(text)
+    return found[0] if found else None
 
 
 def cut_output(text: str, stop_at_answer: bool = True) -> str:
@@ -55,6 +66,7 @@ class Generation:
     n_tokens: int
     logprob_sum: float
     logprob_mean: float | None
+    stop: str = "budget"  # one of STOP_REASONS
 
 
 def resolve_device(device: str) -> str:
@@ -139,6 +151,7 @@ def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, s
     eos = tokenizer.eos_token_id
     step_logprobs: list[torch.Tensor] = []
     stopped_at = [None] * len(prompts)
+    why: list[str | None] = [None] * len(prompts)
 
     class RecordLogprob(LogitsProcessor):
         # The only processor in a plain greedy config, so `scores` are the raw logits.
@@ -157,8 +170,10 @@ def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, s
                     done[b] = True
                     continue
                 text = tokenizer.decode(input_ids[b, prompt_len:], skip_special_tokens=True)
-                if stop_point(text) is not None:
+                found = stop_reason(text)
+                if found is not None:
                     stopped_at[b] = n_gen
+                    why[b] = found[1]
                     done[b] = True
             return done
 
@@ -182,15 +197,21 @@ def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, s
     for b in range(len(prompts)):
         ids = gen[b].tolist()
         n = len(ids)
+        stop = "budget"
         if eos is not None and eos in ids:
-            n = ids.index(eos)
-        if stopped_at[b] is not None:
-            n = min(n, stopped_at[b])
+            n, stop = ids.index(eos), "eos"
+        if stopped_at[b] is not None and stopped_at[b] <= n:
+            n, stop = stopped_at[b], why[b]
+        elif stop == "budget" and stop_at_answer:
+            # The criterion is checked after each step; the last token may complete an answer too.
+            found = stop_reason(tokenizer.decode(ids[:n], skip_special_tokens=True))
+            if found is not None:
+                stop = found[1]
         raw = tokenizer.decode(ids[:n], skip_special_tokens=True)
         kept = cut_output(raw, stop_at_answer)
         n_kept = _tokens_covering(tokenizer, ids[:n], raw, kept)
         total = float(lp[b, :n_kept].sum()) if n_kept else 0.0
-        results.append(Generation(kept, n_kept, total, total / n_kept if n_kept else None))
+        results.append(Generation(kept, n_kept, total, total / n_kept if n_kept else None, stop))
     return results
 
 

@@ -5,16 +5,24 @@ Every student answers each test question with the prompt training used
 task's own `is_correct` (the filter's check) scores it. Artifacts:
 
 - D/eval/<student>/<task>.jsonl: one prediction per question (qid, prompt,
-  output, pred, correct, gold, logprob{sum, mean}, n_tokens, key). Rows are
-  appended batch by batch; a rerun skips rows whose key (model, adapter,
-  prompt, generation settings) still matches, so nothing is generated twice.
-- D/eval/summary.json and summary.md: accuracy with a bootstrap interval per
-  student x task, the ensemble pick of the trained students (and of the base
-  models), and the task's answer-free shortcut baselines when it has them.
+  output, pred, correct, strict_pred, strict_correct, conflict, stop, gold,
+  logprob{sum, mean}, n_tokens, max_new_tokens, key). Rows are appended batch
+  by batch; a rerun skips rows whose key (model, adapter, prompt, generation
+  settings) still matches, so nothing is generated twice.
+- D/eval/summary.json and summary.md: per student x task, flexible and strict
+  accuracy side by side (as lm-evaluation-harness reports them) with bootstrap
+  intervals, the share of answers cut by the budget and the share without a
+  strict answer line, letter/text conflicts; each trained student against its
+  zero-shot base on the same questions (paired bootstrap interval of the
+  difference and exact McNemar p); the ensemble pick of the trained students
+  (and of the base models), and the task's answer-free shortcut baselines.
 
 Students are named `<name>` (a trained adapter from D/train/adapters/<name>)
 and `base:<model>` (each unique base model of train.students once: the
-zero-shot baseline). Adapters on the same base share one loaded model.
+zero-shot baseline). A Distill Step-by-Step student is evaluated twice: `<name>`
+with the rationale prefix (it writes a path ending in the answer) and
+`<name>@label` with the label prefix (it writes the answer line only).
+Adapters on the same base share one loaded model.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from qrdistill.io import atomic_write_json, atomic_write_text, read_json, write_
 log = logging.getLogger(__name__)
 
 BASE_PREFIX = "base:"
+LABEL_SUFFIX = "@label"
+#: max_new_tokens: auto gives a trained student this multiple of its training responses' p99 length.
+AUTO_BUDGET_FACTOR = 1.25
 
 
 @dataclass
@@ -52,6 +63,12 @@ class EvalTarget:
     members: list[str] = field(default_factory=list)
     #: the train method whose prompt this model answers (zero_shot for base models)
     method: str = "zero_shot"
+    #: step_by_step students: "rationale" or "label", the prefix their prompt starts with
+    prefix: str | None = None
+    #: max_new_tokens: auto for a trained student (None = its task's default)
+    budget: int | None = None
+    #: the trained student's name (targets of one student share it)
+    student: str | None = None
 
     @property
     def kind(self) -> str:
@@ -65,6 +82,7 @@ def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, An
     tasks = load_eval_tasks(cfg, limit)
     method = train_method(run_dir)
     targets, note = select_targets(cfg, run_dir, method)
+    _resolve_budgets(cfg, run_dir, targets)
     if note:
         log.info(note)
     write_run_meta(run_dir, "evaluate", cfg, {"students": [t.key for t in targets], "method": method})
@@ -116,13 +134,14 @@ def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, An
 
 def load_eval_tasks(cfg: Any, limit: int | None) -> list[EvalTask]:
     from qrdistill.tasks import get_task
+    from qrdistill.tasks.base import load_records
 
     specs = cfg.evaluate.tasks
     where = "evaluate.tasks"
     if specs is None:
         from qrdistill.config.evaluate import EvalTaskSpec
 
-        specs = [EvalTaskSpec(name=s.name, path=s.path) for s in cfg.tasks]
+        specs = [EvalTaskSpec(name=s.name, path=s.path, difficulty=s.difficulty) for s in cfg.tasks]
         where = "tasks"
     names = [s.name for s in specs]
     out = []
@@ -138,7 +157,7 @@ def load_eval_tasks(cfg: Any, limit: int | None) -> list[EvalTask]:
         n = spec.limit if spec.limit is not None else limit
         if spec.limit is not None and limit is not None:
             n = min(spec.limit, limit)
-        records = task.load(spec.split, spec.path, n)
+        records = load_records(task, spec, n, f"{where}.{i}")
         if not records:
             raise DataError(f"{where}.{i}: task {spec.name!r} has no questions in split {spec.split!r}")
         label = spec.name if names.count(spec.name) == 1 else f"{spec.name}-{spec.split}-{i}"
@@ -162,7 +181,14 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
                 f"(evaluate.students={which}): run `qrdistill train` first"
             )
     if which in ("trained", "all") or (which == "auto" and not missing):
-        trained = [EvalTarget(s.name, s.model, found[s.name], method=method) for s in students]
+        for s in students:
+            if method == "step_by_step":
+                trained.append(EvalTarget(s.name, s.model, found[s.name], method=method, prefix="rationale",
+                                          student=s.name))
+                trained.append(EvalTarget(s.name + LABEL_SUFFIX, s.model, found[s.name], method=method,
+                                          prefix="label", student=s.name))
+            else:
+                trained.append(EvalTarget(s.name, s.model, found[s.name], method=method, student=s.name))
     elif which == "auto":
         note = (
             f"the train stage has not run (no adapters under {adapters_dir}): "
@@ -176,6 +202,35 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
                 base.append(EvalTarget(key, s.model))
             next(b for b in base if b.key == key).members.append(s.name)
     return base + trained, note
+
+
+def _resolve_budgets(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None:
+    """max_new_tokens: auto -> each trained student's budget from its training responses' p99 length."""
+    if cfg.evaluate.max_new_tokens != "auto":
+        return
+    p = run_dir / "train" / "summary.json"
+    lengths = (read_json(p).get("sequence_lengths") or {}) if p.exists() else {}
+    for t in targets:
+        fit = lengths.get(t.student or "")
+        if t.adapter is not None and fit and fit.get("response_tokens_p99"):
+            t.budget = max(1, -(-int(AUTO_BUDGET_FACTOR * 100 * fit["response_tokens_p99"]) // 100))
+        elif t.adapter is not None:
+            log.warning("%s: no training response lengths in %s; using each task's default budget", t.key, p)
+
+
+def max_new_tokens(target: EvalTarget, et: EvalTask, ecfg: Any) -> int:
+    """The generation budget of `target` on task `et` (see EvaluateConfig.max_new_tokens)."""
+    if ecfg.max_new_tokens != "auto":
+        return int(ecfg.max_new_tokens)
+    if target.budget is not None:
+        return target.budget
+    if target.adapter is None and ecfg.base_max_new_tokens is not None:
+        return int(ecfg.base_max_new_tokens)
+    return int(getattr(et.task, "max_new_tokens", DEFAULT_BUDGET))
+
+
+#: A task without its own `max_new_tokens` default.
+DEFAULT_BUDGET = 256
 
 
 def adapter_dir(path: Path) -> Path | None:
@@ -231,19 +286,19 @@ def _prompt(et: EvalTask, record: Any, target: EvalTarget) -> str:
 
     prompt = student_prompt(et.task, et.task.prompt(record))
     if target.method == "step_by_step":
-        from qrdistill.train.data import RATIONALE_TAG
+        from qrdistill.train.data import ANSWER_TAG, RATIONALE_TAG
 
-        prompt = RATIONALE_TAG + prompt
+        prompt = (ANSWER_TAG if target.prefix == "label" else RATIONALE_TAG) + prompt
     return prompt
 
 
-def _row_key(target: EvalTarget, prompt: str, ecfg: Any) -> str:
+def _row_key(target: EvalTarget, prompt: str, budget: int, ecfg: Any) -> str:
     """Identifies what produced a prediction, so a changed adapter or setting regenerates it."""
     adapter = ""
     if target.adapter is not None:
         weights = sorted(target.adapter.glob("adapter_model.*"))
         adapter = ";".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
-    blob = json.dumps([target.model, adapter, prompt, ecfg.max_new_tokens, ecfg.stop_at_answer])
+    blob = json.dumps([target.model, adapter, prompt, budget, ecfg.stop_at_answer])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -271,7 +326,7 @@ def _valid_saved(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any) -> dict[
     out = {}
     for rec in et.records:
         r = rows.get(rec.id)
-        if r is not None and r.get("key") == _row_key(t, _prompt(et, rec, t), ecfg):
+        if r is not None and r.get("key") == _row_key(t, _prompt(et, rec, t), max_new_tokens(t, et, ecfg), ecfg):
             out[rec.id] = r
     return out
 
@@ -295,33 +350,41 @@ def _evaluate(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any, model: Any,
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in saved.values()))
     todo = [r for r in et.records if r.id not in saved]
     if todo:
-        log.info("%s on %s: %d of %d questions to answer", t.key, et.label, len(todo), len(et.records))
+        budget = max_new_tokens(t, et, ecfg)
+        log.info("%s on %s: %d of %d questions to answer (max_new_tokens %d)", t.key, et.label, len(todo),
+                 len(et.records), budget)
         prompts = [_prompt(et, r, t) for r in todo]
 
         def save(indices: list[int], gens: list[Any]) -> None:
             with path.open("a", encoding="utf-8") as f:
                 for i, g in zip(indices, gens, strict=True):
-                    row = prediction_row(et, todo[i], prompts[i], g, _row_key(t, prompts[i], ecfg))
+                    row = prediction_row(et, todo[i], prompts[i], g, _row_key(t, prompts[i], budget, ecfg), budget)
                     saved[row["qid"]] = row
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
         generate_greedy(
-            model, tokenizer, prompts, ecfg.batch_size, ecfg.max_new_tokens, ecfg.stop_at_answer,
+            model, tokenizer, prompts, ecfg.batch_size, budget, ecfg.stop_at_answer,
             on_batch=save, desc=f"{t.key} {et.label}",
         )
     return [saved[r.id] for r in et.records]
 
 
-def prediction_row(et: EvalTask, record: Any, prompt: str, gen: Any, key: str) -> dict[str, Any]:
+def prediction_row(et: EvalTask, record: Any, prompt: str, gen: Any, key: str, budget: int) -> dict[str, Any]:
+    score = et.task.score(gen.output, record)
     return {
         "qid": record.id,
         "prompt": prompt,
         "output": gen.output,
-        "pred": et.task.extract_answer(gen.output, record),
-        "correct": bool(et.task.is_correct(gen.output, record)),
+        "pred": score.pred,
+        "correct": bool(score.correct),
+        "strict_pred": score.strict_pred,
+        "strict_correct": bool(score.strict_correct),
+        "conflict": bool(score.conflict),
+        "stop": gen.stop,
         "gold": et.task.gold_text(record),
         "logprob": {"sum": gen.logprob_sum, "mean": gen.logprob_mean},
         "n_tokens": gen.n_tokens,
+        "max_new_tokens": budget,
         "difficulty": record.meta.get("difficulty"),
         "key": key,
     }
@@ -338,19 +401,32 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
     def acc(correct: list[bool]) -> dict[str, Any]:
         return accuracy_summary(correct, ecfg.bootstrap_resamples, ecfg.confidence, cfg.seed)
 
+    def task_cell(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        cell = acc([r["correct"] for r in rows])
+        n = len(rows) or 1
+        cell["strict"] = acc([bool(r.get("strict_correct")) for r in rows])
+        cell["cut_by_budget"] = sum(r.get("stop") == "budget" for r in rows) / n
+        cell["no_strict_answer"] = sum(r.get("strict_pred") is None for r in rows) / n
+        cell["conflicts"] = sum(bool(r.get("conflict")) for r in rows)
+        cell["stops"] = {k: sum(r.get("stop") == k for r in rows) for k in sorted({str(r.get("stop")) for r in rows})}
+        return cell
+
     students = {}
     for t in targets:
-        per_task = {et.label: acc([r["correct"] for r in predictions[t.key][et.label]]) for et in tasks}
+        per_task = {et.label: task_cell(predictions[t.key][et.label]) for et in tasks}
         students[t.key] = {
             "kind": t.kind,
             "model": t.model,
             "adapter": str(t.adapter) if t.adapter else None,
             "members": t.members or None,
+            "prefix": t.prefix,
+            "max_new_tokens": {et.label: max_new_tokens(t, et, ecfg) for et in tasks},
             "tasks": per_task,
             "average": _average(per_task),
         }
+    comparisons = compare_with_base(targets, tasks, predictions, ecfg, cfg.seed)
     ensembles = {}
-    for label, group in (("ensemble", [t for t in targets if t.adapter is not None]),
+    for label, group in (("ensemble", [t for t in targets if t.adapter is not None and t.prefix != "label"]),
                          ("ensemble:base", [t for t in targets if t.adapter is None])):
         if len(group) < 2:
             continue
@@ -374,14 +450,44 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
         "note": note,
         "tasks": {et.label: {"name": et.task.name, "n": len(et.records)} for et in tasks},
         "students": students,
+        "comparisons": comparisons,
         "ensembles": ensembles,
         "shortcut_baselines": shortcuts,
         "settings": {
-            "max_new_tokens": ecfg.max_new_tokens, "batch_size": ecfg.batch_size,
+            "max_new_tokens": ecfg.max_new_tokens, "base_max_new_tokens": ecfg.base_max_new_tokens,
+            "batch_size": ecfg.batch_size,
             "stop_at_answer": ecfg.stop_at_answer, "bootstrap_resamples": ecfg.bootstrap_resamples,
             "confidence": ecfg.confidence, "seed": cfg.seed,
         },
     }
+
+
+def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict[str, Any]]:
+    """Each trained student against the zero-shot base it was trained from, on the same questions.
+
+    Flexible and strict accuracy each get the difference with a paired bootstrap interval (questions
+    resampled, both systems together) and an exact McNemar p-value.
+    """
+    from qrdistill.evaluation.metrics import compare_paired
+
+    by_key = {t.key: t for t in targets}
+    out = []
+    for t in targets:
+        base = by_key.get(BASE_PREFIX + t.model)
+        if t.adapter is None or base is None:
+            continue
+        for et in tasks:
+            mine = {r["qid"]: r for r in predictions[t.key][et.label]}
+            theirs = {r["qid"]: r for r in predictions[base.key][et.label]}
+            qids = [q for q in mine if q in theirs]
+            row: dict[str, Any] = {"student": t.key, "baseline": base.key, "task": et.label, "n": len(qids)}
+            for metric, field in (("flexible", "correct"), ("strict", "strict_correct")):
+                row[metric] = compare_paired(
+                    [bool(mine[q].get(field)) for q in qids], [bool(theirs[q].get(field)) for q in qids],
+                    n_resamples=ecfg.bootstrap_resamples, confidence=ecfg.confidence, seed=seed,
+                )
+            out.append(row)
+    return out
 
 
 def _average(per_task: dict[str, dict[str, Any]]) -> float | None:
@@ -404,6 +510,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.1f}"
 
 
+def _pts(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:+.1f}"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.2g}" if x >= 1e-4 else "<1e-4"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     tasks = list(summary["tasks"])
     conf = int(round(100 * summary["settings"]["confidence"]))
@@ -416,15 +532,37 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     ]
     if summary.get("note"):
         lines += [f"Note: {summary['note']}.", ""]
+    lines.append("Each cell: flexible accuracy [interval] / strict accuracy (answer line only); "
+                 "cut = share of answers the token budget ended.")
+    lines.append("")
     lines.append("| student | " + " | ".join(tasks) + " | average |")
     lines.append("|---" * (len(tasks) + 2) + "|")
-    rows = list(summary["students"].items()) + list(summary["ensembles"].items())
-    for key, s in rows:
+    for key, s in summary["students"].items():
         cells = []
         for t in tasks:
             a = s["tasks"][t]
-            cells.append(f"{_pct(a['accuracy'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}] (n={a['n']})")
+            strict = a.get("strict") or {}
+            cells.append(f"{_pct(a['accuracy'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}] / "
+                         f"{_pct(strict.get('accuracy'))} (n={a['n']}, cut {_pct(a.get('cut_by_budget'))})")
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {_pct(s['average'])} |")
+    for key, s in summary["ensembles"].items():
+        cells = [f"{_pct(s['tasks'][t]['accuracy'])} [{_pct(s['tasks'][t]['ci_low'])}, "
+                 f"{_pct(s['tasks'][t]['ci_high'])}]" for t in tasks]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {_pct(s['average'])} |")
+    if summary.get("comparisons"):
+        lines += ["", "Trained student vs its zero-shot base, same questions (difference in points, paired "
+                  f"bootstrap {conf}% interval, exact McNemar p):", "",
+                  "| student | task | flexible: diff [interval] | p | strict: diff [interval] | p |",
+                  "|---|---|---|---|---|---|"]
+        for c in summary["comparisons"]:
+            f, st = c["flexible"], c["strict"]
+            lines.append(f"| {c['student']} | {c['task']} | {_pts(f['diff'])} [{_pts(f['ci_low'])}, "
+                         f"{_pts(f['ci_high'])}] | {_p(f['p_value'])} | {_pts(st['diff'])} [{_pts(st['ci_low'])}, "
+                         f"{_pts(st['ci_high'])}] | {_p(st['p_value'])} |")
+    conflicts = sum(a.get("conflicts", 0) for s in summary["students"].values() for a in s["tasks"].values())
+    if conflicts:
+        lines += ["", f"Answer lines whose letter and option text name different options: {conflicts} "
+                  "(the option text decides: it is what the response computed)."]
     if summary["ensembles"]:
         lines += ["", "Ensemble: per question, the answer of the student with the higher mean token "
                   "log-probability of its own output."]

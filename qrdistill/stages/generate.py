@@ -96,6 +96,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     from qrdistill.store import Store, run_cached
     from qrdistill.styles import render, resolve_styles
     from qrdistill.tasks import get_task
+    from qrdistill.tasks.base import load_records
 
     gen = cfg.generate
     # Validate everything the user wrote before loading data or asking anyone.
@@ -104,7 +105,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
 
     loaded = []
     for i, (spec, task) in enumerate(zip(cfg.tasks, tasks, strict=True)):
-        records = task.load(spec.split, spec.path, limit=_cap(spec.limit, limit))
+        records = load_records(task, spec, _cap(spec.limit, limit), f"tasks.{i}")
         if not records:
             where = spec.path or f"task {spec.name!r} split {spec.split!r}"
             raise DataError(f"{where}: no questions to generate for (config field tasks.{i})")

@@ -56,7 +56,7 @@ def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = Fa
     filtered = require_artifact(run_dir / FILTERED_FILE, "filter")
     rows = load_kept(filtered, need_gold=tc.method == "step_by_step")
     rows = subsample_questions(rows, tc.data_fraction, cfg.seed)
-    items = build_items(rows, tc.method)
+    items = build_items(rows, tc.method, tc.answer_aug_style)
     steps = max_steps if max_steps is not None else tc.max_steps
     fingerprint = _fingerprint(cfg, steps, filtered)
 
@@ -73,13 +73,16 @@ def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = Fa
         extra["eval_prompt_prefix"] = RATIONALE_TAG
     from qrdistill.train.loop import Trainer
 
-    trainer = Trainer(cfg, run_dir, items, steps, fingerprint, extra)
+    # step_budget: matched -- every method trains as many steps as an epoch over all kept paths takes.
+    trainer = Trainer(cfg, run_dir, items, steps, fingerprint, extra, reference_paths=len(rows))
     try:
         trainer.setup()
         if trainer.main:
-                log.info("train: %s, %d students, %d items from %d questions, %d steps (%d per epoch) on %d process(es)",
-                     tc.method, len(tc.students), len(items), len({it.qid for it in items}),
-                     trainer.total_steps, trainer.schedule.steps_per_epoch, trainer.world)
+            log.info("train: %s, %d students, %d items from %d questions, %d steps (%d per epoch, step budget %s) "
+                     "on %d process(es); max_length %s", tc.method, len(tc.students), len(trainer.items),
+                     len({it.qid for it in trainer.items}), trainer.total_steps, trainer._steps_per_epoch(),
+                     tc.step_budget, trainer.world,
+                     ", ".join(f"{n} {f.max_length}" for n, f in trainer.length_fits.items()))
         summary = trainer.run(resume)
         if trainer.main:
             write_run_meta(run_dir, "train", cfg, extra={"max_steps": steps, "resume": resume,
@@ -94,4 +97,6 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
     rates = ", ".join(f"{k} {v:.2f}" for k, v in (s.get("routing_rate") or {}).items())
     print(f"train: {s['method']}, {len(s['students'])} student(s), {s['steps']} steps over {s['paths']} paths "
           f"in {s['total_time']:.0f}s" + (f"; routing rate {rates}" if s.get("router") else ""))
+    lengths = s.get("sequence_lengths") or {}
+    print("  max_length: " + ", ".join(f"{n} {f['max_length']} ({f['dropped']} dropped, 0 cut)" for n, f in lengths.items()))
     print(f"  adapters: {run_dir / 'train' / 'adapters'}")

@@ -67,6 +67,9 @@ class Task:
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     #: instruction appended to every teacher/student prompt so the answer is extractable.
     answer_instruction: ClassVar[str] = 'End your response with "The answer is X." where X is your final answer.'
+    #: generation budget for a base model under evaluate.max_new_tokens: auto (trained students size
+    #: theirs from their training responses).
+    max_new_tokens: ClassVar[int] = 256
 
     def load(self, split: str = "train", path: str | None = None, limit: int | None = None) -> list[Record]:
         raise NotImplementedError
@@ -92,6 +95,20 @@ class Task:
 
     def score(self, text: str, record: Record) -> AnswerScore:
         raise NotImplementedError
+
+
+def load_records(task: Task, spec: Any, limit: int | None, where: str) -> list[Record]:
+    """`task.load` for a TaskSpec-like `spec` (split, path, difficulty); `limit` counts after the filter."""
+    levels = getattr(spec, "difficulty", None)
+    if not levels:
+        return task.load(spec.split, spec.path, limit)
+    records = task.load(spec.split, spec.path, None)
+    if any("difficulty" not in r.meta for r in records):
+        from qrdistill.errors import ConfigError
+
+        raise ConfigError(f"{where}.difficulty: task {task.name!r} records carry no difficulty level")
+    kept = [r for r in records if r.meta["difficulty"] in set(levels)]
+    return kept[:limit] if limit else kept
 
 
 TASKS: Registry[type[Task]] = Registry("task")

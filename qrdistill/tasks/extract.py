@@ -506,6 +506,7 @@ class NumberTask(Task):
 
 
 class MathTask(Task):
+    max_new_tokens: ClassVar[int] = 512
     answer_instruction: ClassVar[str] = (
         'End your response with "The answer is N." where N is the final answer in simplest form '
         "(LaTeX allowed, e.g. \\frac{3}{4})."

@@ -5,7 +5,11 @@ evaluation uses, so what a student learns is what evaluation asks of it.
 
 Methods (one loop, different items):
 - qrdistill / sft: every kept path of every (kept) question is an item; the
-  router (qrdistill) or nobody (sft = answer augmentation) decides who learns it.
+  router (qrdistill) or nobody (sft: all paths, no router, no collaboration)
+  decides who learns it.
+- answer_aug (answer augmentation as in the literature): the k sampled paths
+  of ONE style per question (`train.answer_aug_style`, k =
+  `generate.samples_per_style`), every one to every student.
 - skd: one chain-of-thought path per question (style `cot` if kept, else the
   question's first kept path).
 - step_by_step (Distilling Step-by-Step): the skd path, as two supervised
@@ -18,8 +22,9 @@ Methods (one loop, different items):
 from __future__ import annotations
 
 import hashlib
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +122,7 @@ def _one_path_per_question(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(chosen.values(), key=lambda r: order[r["qid"]])
 
 
-def build_items(rows: list[dict[str, Any]], method: str) -> list[TrainItem]:
+def build_items(rows: list[dict[str, Any]], method: str, aug_style: str = "cot") -> list[TrainItem]:
     from qrdistill.prompting import student_prompt
     from qrdistill.tasks import get_task
 
@@ -130,6 +135,14 @@ def build_items(rows: list[dict[str, Any]], method: str) -> list[TrainItem]:
 
     if method in ("skd", "step_by_step"):
         rows = _one_path_per_question(rows)
+    elif method == "answer_aug":
+        styles = sorted({r["style"] for r in rows})
+        rows = [r for r in rows if r["style"] == aug_style]
+        if not rows:
+            raise DataError(
+                f"train.answer_aug_style: no kept path has style {aug_style!r} (kept styles: {', '.join(styles)}); "
+                f"generate it with generate.styles: [{aug_style}] and generate.samples_per_style: k"
+            )
     items = []
     for r in rows:
         prompt = student_prompt(get_task(r["task"]), r["question"])
@@ -145,6 +158,76 @@ def build_items(rows: list[dict[str, Any]], method: str) -> list[TrainItem]:
         it = items[keys.index(dup)]
         raise DataError(f"filtered.jsonl: path {it.qid}/{it.style} appears twice with the same response")
     return items
+
+
+#: `max_length: auto` covers this share of the pairs; the rest are dropped (and counted).
+LENGTH_QUANTILE = 0.99
+#: Dropping more than this share of the training pairs is an error, not a silent loss of data.
+MAX_DROP_SHARE = 0.01
+#: Sequence lengths are rounded up to a multiple of this (friendlier to kernels, stable across small data edits).
+LENGTH_MULTIPLE = 8
+
+
+def quantile_length(lengths: list[int], q: float = LENGTH_QUANTILE) -> int:
+    """Nearest-rank quantile: the smallest L with at least a share q of `lengths` <= L."""
+    if not lengths:
+        raise ValueError("no lengths")
+    ordered = sorted(lengths)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class LengthFit:
+    """How one student's tokenizer sizes the training pairs (recorded in train/summary.json)."""
+
+    max_length: int
+    requested: int | str
+    dropped: int  # pairs longer than max_length for this student
+    longest: int  # longest pair, prompt + response tokens
+    prompt_shortened: int = 0  # always 0: prompts are never cut (encode refuses)
+    response_tokens_p99: int = 0  # of the pairs kept: what evaluate's max_new_tokens: auto scales
+    response_tokens_max: int = 0
+    dropped_keys: list[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "dropped_keys"}
+
+
+def fit_to_length(
+    lengths: list[tuple[int, int]], keys: list[str], requested: int | str, cap: int
+) -> LengthFit:
+    """Resolve one student's `max_length` from its (prompt, response) token counts and find what does not fit.
+
+    `auto`: the p99 of prompt + response, rounded up to a multiple of 8, at most `cap`.
+    A number is used as given. Pairs above it are dropped by the caller, never cut.
+    """
+    totals = [p + r for p, r in lengths]
+    if requested == "auto":
+        q = quantile_length(totals)
+        max_length = min(cap, -(-q // LENGTH_MULTIPLE) * LENGTH_MULTIPLE)
+    else:
+        max_length = int(requested)
+    dropped = [k for k, t in zip(keys, totals, strict=True) if t > max_length]
+    kept = [r for (p, r) in lengths if p + r <= max_length]
+    return LengthFit(
+        max_length=max_length, requested=requested, dropped=len(dropped), longest=max(totals),
+        response_tokens_p99=quantile_length(kept) if kept else 0, response_tokens_max=max(kept, default=0),
+        dropped_keys=dropped,
+    )
+
+
+def check_drops(n_items: int, fits: dict[str, LengthFit], field_name: str = "train.max_length") -> set[str]:
+    """Keys of the pairs to drop (too long for any student); more than 1% of the data is a DataError."""
+    drop = set().union(*(f.dropped_keys for f in fits.values())) if fits else set()
+    if n_items and len(drop) / n_items > MAX_DROP_SHARE:
+        worst = max(fits.items(), key=lambda kv: kv[1].dropped)
+        name, fit = worst
+        raise DataError(
+            f"{field_name}: {len(drop)} of {n_items} training pairs ({100 * len(drop) / n_items:.1f}%) do not fit "
+            f"in {fit.max_length} tokens for student {name} (longest pair: {fit.longest} tokens); pairs are never "
+            f"cut, so raise {field_name} (or train.max_length_cap for auto)"
+        )
+    return drop
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -1,19 +1,26 @@
 """The joint training loop (eq. 9) shared by QR-Distill, its ablations and the baselines.
 
-One optimizer step, for a global micro-batch of paths:
-1. Routing (eqs. 1-2): cached encoder embeddings -> Router -> Gumbel multi-hot alpha
-   [B, S] with noise keyed by (seed, epoch, path). Every rank routes the whole
-   global micro-batch (an MLP on a few hundred floats per path), so eq. 3's mean
-   assignment covers the global batch and each rank can check that the others
-   decided alike; each rank then trains its own slice of paths.
-2. Each student runs forward ONLY on its routed paths (`mutual.peer_paths:
-   co_routed`), and that one forward serves both its distill loss and the mutual
-   term: this is where a joint epoch becomes cheaper than S separate trainings
-   (paper Table 3). `peer_paths: all` runs every student on every path.
+One optimizer step, for `grad_accum` global micro-batches of paths:
+1. Routing (eqs. 1-2), by `train.router.mode`: `learned` (cached encoder embeddings ->
+   Router -> Gumbel multi-hot alpha [B, S]), `random` (the same Gumbel noise with every
+   logit at 0: P(route) = 1/2, a control) or `off` (every path to every student). Noise
+   is keyed by (seed, epoch, path), and every rank routes the whole global micro-batch,
+   so eq. 3's mean assignment covers the global batch and ranks decide alike.
+2. Each student runs forward ONLY on its routed paths (`mutual.peer_paths: co_routed`),
+   and that one forward serves its distill loss, the mutual term and the router signal:
+   this is where a joint epoch becomes cheaper than S separate trainings (paper Table 3).
 3. Paths routed to >= 2 students: hidden states pooled on common character spans
    (alignment.align_students) -> MutualHead (eqs. 5-8).
-4. L = Σ_s L_distill^(s) − λ1·H(ᾱ) + λ2·L_mutual; backward; AdamW with one param
-   group per student (its own lr), one for the router and one for the mutual head.
+4. Students: Σ_s L_distill^(s) + λ2·L_mutual, backward per micro-batch (routing enters
+   only as a selection). Router, once per step over all its micro-batches: the fit term
+   Σ alpha·A (A: which students fit each path, `train.router.signal`) − λ1·H(ᾱ) −
+   λ_load·load. Together these are eq. 9 with the distill term's router gradient replaced
+   by a lower-variance estimate of the same thing (docs/method.md, "Routing signal").
+5. AdamW with one param group per student (its own lr), one for the router (constant lr by
+   default) and one for the mutual head (train/optim.py).
+
+Sequences are sized from the data (`train.max_length: auto`, per student tokenizer); a
+pair that does not fit is dropped and counted, never cut.
 
 Distributed (accelerate / torchrun): students sharing a base run several forward
 passes per backward, which DDP's reducer does not support, and only the small
@@ -39,6 +46,7 @@ from qrdistill.train.data import Schedule, TrainItem, text_hash
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_FILE = "embeddings.pt"
+ROUTING_FINAL_FILE = "routing_final.jsonl"
 
 
 def _append_jsonl(f, rows: list[dict[str, Any]]) -> None:
@@ -89,19 +97,50 @@ def scatter_rows(x, rows, size: int, seq_len: int):
 
 @dataclass
 class StepStats:
+    """What one micro-batch trained (summed over ranks in the log row)."""
+
     distill: list[float]
-    entropy: float = 0.0
     mutual: float = 0.0
     co_routed: float = 0.0
     routing_rate: list[float] = field(default_factory=list)
     paths_per_student: list[float] = field(default_factory=list)
 
 
+@dataclass
+class MicroResult:
+    """One micro-batch's forward/backward: its stats and what the router objective needs."""
+
+    stats: StepStats
+    alpha_global: Any = None  # [B_global, S] straight-through assignment (graph to the router when learned)
+    alpha_local: Any = None  # [B_local, S] this rank's rows of it
+    router_losses: Any = None  # [B_local, S] nats per response character (detached; 0 where not observed)
+    path_losses: Any = None  # [B_local, S] per-path distill loss ℓ_js (detached)
+    observed: Any = None  # [B_local, S] bool: the student ran on the path
+    routed: Any = None  # [B_local, S] bool
+    qindex: Any = None  # [B_global] question index (entropy_scope: question)
+    routing_rows: list[dict[str, Any]] = field(default_factory=list)
+    local_rows: list[tuple] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    """One optimizer step's accumulated result (before the update is applied)."""
+
+    stats: list[StepStats]
+    tau: float
+    entropy: float = 0.0
+    load: float = 0.0
+    fit: float = 0.0
+    next_micro: int = 0
+    routing_rows: list[dict[str, Any]] = field(default_factory=list)
+    local_rows: list[tuple] = field(default_factory=list)
+
+
 class Trainer:
     """Builds models and optimizer from a RunConfig and runs (or resumes) training."""
 
     def __init__(self, cfg, run_dir: Path, items: list[TrainItem], max_steps: int | None, fingerprint: str,
-                 extra_summary: dict[str, Any] | None = None):
+                 extra_summary: dict[str, Any] | None = None, reference_paths: int | None = None):
         self.cfg = cfg
         self.tc = cfg.train
         self.run_dir = Path(run_dir)
@@ -112,6 +151,8 @@ class Trainer:
         self.fingerprint = fingerprint
         self.extra_summary = extra_summary or {}
         self.names = self.tc.student_names
+        # step_budget: matched sizes every method's run by this many kept paths (the qrdistill/sft item count).
+        self.reference_paths = reference_paths
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -146,26 +187,34 @@ class Trainer:
         if tc.frozen_peer is not None:
             self.students[self.names.index(tc.frozen_peer)].set_trainable(False)
         self.S = len(self.students)
+        self._fit_lengths()
 
+        self.mode = tc.router.mode
         self.router = None
         self.embeddings = None
-        if tc.router.enabled:
-            from qrdistill.train.router import Router
+        self.signal = None
+        if self.mode == "learned":
+            from qrdistill.train.router import RelativeSignal, Router
 
             self.embeddings = self._path_embeddings()
             set_seed(self.cfg.seed + 1)
             self.router = Router(self.embeddings.shape[1], self.S, hidden=tc.router.hidden).to(self.device)
+            if tc.router.signal == "relative":
+                self.signal = RelativeSignal(self.S)
         self.mutual = None
         if tc.lambda_mutual > 0:
             from qrdistill.train.mutual import MutualHead
 
             set_seed(self.cfg.seed + 2)
-            self.mutual = MutualHead([s.hidden_size for s in self.students], tc.mutual.shared_dim).to(self.device)
+            self.mutual = MutualHead([s.hidden_size for s in self.students], tc.mutual.shared_dim,
+                                     init=tc.mutual.init).to(self.device)
         self.question_index = None
         if tc.router.entropy_scope == "question":
             qids = {q: i for i, q in enumerate(dict.fromkeys(it.qid for it in self.items))}
             self.question_index = torch.tensor([qids[it.qid] for it in self.items])
 
+        self.schedule = Schedule(len(self.items), tc.batch_size, self.world, tc.grad_accum, self.cfg.seed)
+        self.total_steps = self.max_steps or tc.epochs * self._steps_per_epoch()
         self._build_optimizer()
         if self.world > 1:
             # Identical seeds give identical inits already; broadcasting makes it a guarantee.
@@ -173,17 +222,39 @@ class Trainer:
 
             for p in self.params:
                 dist.broadcast(p.data, src=0)
-
-        self.schedule = Schedule(len(self.items), tc.batch_size, self.world, tc.grad_accum, self.cfg.seed)
-        self.total_steps = self.max_steps or tc.epochs * self.schedule.steps_per_epoch
-        from transformers import get_scheduler
-
-        self.scheduler = get_scheduler(
-            tc.scheduler, self.optimizer,
-            num_warmup_steps=round(tc.warmup_ratio * self.total_steps), num_training_steps=self.total_steps,
-        )
         self.never_grad = set(self.param_names)
         self._first_check_done = False
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: of the method's own items, or (step_budget: matched) of the kept paths."""
+        if self.tc.step_budget == "matched" and self.reference_paths:
+            micro = -(-self.reference_paths // self.schedule.global_batch)
+            return -(-micro // self.tc.grad_accum)
+        return self.schedule.steps_per_epoch
+
+    def _fit_lengths(self) -> None:
+        """Size sequences per student from the data and drop the pairs that do not fit (never cut them)."""
+        from qrdistill.train.data import check_drops, fit_to_length
+
+        keys = [it.key for it in self.items]
+        prompts = [it.prompt for it in self.items]
+        responses = [it.response for it in self.items]
+        self.length_fits = {
+            s.name: fit_to_length(s.pair_lengths(prompts, responses), keys, self.tc.max_length,
+                                  min(self.tc.max_length_cap, s.max_positions or self.tc.max_length_cap))
+            for s in self.students
+        }
+        drop = check_drops(len(self.items), self.length_fits)
+        self.items_before_fit = len(self.items)
+        if drop:
+            log.info("train: %d of %d pairs are longer than max_length (%s) and are not trained on",
+                     len(drop), len(self.items), ", ".join(f"{n} {f.max_length}" for n, f in self.length_fits.items()))
+            self.items = [it for it in self.items if it.key not in drop]
+        if not self.items:
+            from qrdistill.errors import DataError
+
+            raise DataError("train.max_length: no training pair fits")
+        self.max_lengths = [self.length_fits[s.name].max_length for s in self.students]
 
     def _path_embeddings(self):
         """Eq. 1's h_j for every item, computed once (rank 0) and cached in train/embeddings.pt by text hash."""
@@ -225,22 +296,18 @@ class Trainer:
         return cache["emb"][[row[h] for h in hashes]].to(self.device)
 
     def _build_optimizer(self) -> None:
-        import torch
+        from qrdistill.train.optim import build_optimizer, build_param_groups
 
         tc = self.tc
-        groups = []
+        groups = build_param_groups(self.students, tc.students, self.router, self.mutual, tc)
         self.param_names: list[str] = []
-        for student, spec in zip(self.students, tc.students, strict=True):
-            if not student.trainable:
-                continue
-            ps = student.trainable_parameters()
-            groups.append({"params": ps, "lr": spec.lr, "group": f"student/{student.name}"})
-            self.param_names += [f"{student.name}/lora.{i}" for i in range(len(ps))]
-        for mod, name, lr in ((self.router, "router", tc.router.lr), (self.mutual, "mutual", tc.mutual.lr)):
-            if mod is not None:
-                named = [(n, p) for n, p in mod.named_parameters() if p.requires_grad]
-                groups.append({"params": [p for _, p in named], "lr": lr, "group": name})
-                self.param_names += [f"{name}/{n}" for n, _ in named]
+        for g in groups:
+            if g["group"].startswith("student/"):
+                name = g["group"].split("/", 1)[1]
+                self.param_names += [f"{name}/lora.{i}" for i in range(len(g["params"]))]
+            else:
+                mod = self.router if g["group"] == "router" else self.mutual
+                self.param_names += [f"{g['group']}/{n}" for n, p in mod.named_parameters() if p.requires_grad]
         self.params = [p for g in groups for p in g["params"]]
         # Every trainable tensor must be in the optimizer, exactly once, and nothing frozen may be.
         ids = [id(p) for p in self.params]
@@ -254,32 +321,37 @@ class Trainer:
         if wanted != set(ids) or stray:
             raise RuntimeError(f"optimizer/trainable mismatch: {len(wanted ^ set(ids))} missing, {len(stray)} stray")
         self.group_names = [g["group"] for g in groups]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=self.tc.weight_decay)
+        self.optimizer, self.scheduler = build_optimizer(
+            groups, tc.scheduler, round(tc.warmup_ratio * self.total_steps), self.total_steps)
         self.optimizer = self.acc.prepare_optimizer(self.optimizer, device_placement=False)
 
     # -------------------------------------------------------------- one step
     def _route(self, global_idx: list[int], epoch: int, tau: float):
+        """-> (alpha [n, S], P(route) [n, S] or None). alpha is straight-through for a learned router."""
         import torch
-
-        from qrdistill.train.losses import assignment_entropy
 
         n = len(global_idx)
-        if self.router is None:
-            return torch.ones(n, self.S, device=self.device), None, torch.zeros((), device=self.device)
-        from qrdistill.train.router import assignment_probabilities, gumbel_multi_hot, routing_noise
+        if self.mode == "off":
+            return torch.ones(n, self.S, device=self.device), None
+        from qrdistill.train.router import (
+            assignment_probabilities,
+            gumbel_multi_hot,
+            random_assignment,
+            routing_noise,
+        )
 
+        noise = routing_noise([self.items[i].key for i in global_idx], epoch, self.cfg.seed, self.S)
+        if self.mode == "random":
+            return random_assignment(noise).to(self.device), torch.full((n, self.S), 0.5)
         idx = torch.tensor(global_idx, dtype=torch.long)
         logits = self.router(self.embeddings[idx.to(self.device)])
-        noise = routing_noise([self.items[i].key for i in global_idx], epoch, self.cfg.seed, self.S)
-        alpha = gumbel_multi_hot(logits, noise, tau)
-        qindex = self.question_index[idx] if self.question_index is not None else None
-        return alpha, assignment_probabilities(logits), assignment_entropy(alpha, qindex)
+        return gumbel_multi_hot(logits, noise, tau), assignment_probabilities(logits)
 
-    def _micro(self, epoch: int, micro: int, n_micro: int, tau: float, step: int,
-               routing_rows: list[dict[str, Any]], local_rows: list[tuple]):
+    def _micro(self, epoch: int, micro: int, n_micro: int, tau: float, step: int) -> MicroResult:
+        """Forward and backward of the students on one micro-batch; the router's part is returned, not applied."""
         import torch
 
-        from qrdistill.train.losses import path_nll, routed_distill_loss, total_objective
+        from qrdistill.train.losses import path_nll, routed_distill_loss
 
         tc = self.tc
         per_rank = self.schedule.step_micro(epoch, micro)
@@ -287,60 +359,130 @@ class Trainer:
         local_idx = per_rank[self.rank]
         off = sum(len(r) for r in per_rank[: self.rank])
         with self.acc.autocast():
-            alpha_g, probs_g, entropy = self._route(global_idx, epoch, tau)
+            alpha_g, probs_g = self._route(global_idx, epoch, tau)
         alpha = alpha_g[off: off + len(local_idx)]
         hard_g = (alpha_g.detach() > 0.5).int().cpu()
+        res = MicroResult(stats=StepStats(distill=[]), alpha_global=alpha_g, alpha_local=alpha)
         if self.main:
             owner = [r for r, ids in enumerate(per_rank) for _ in ids]
             for j, i in enumerate(global_idx):
                 it = self.items[i]
-                routing_rows.append({
+                res.routing_rows.append({
                     "epoch": epoch, "step": step, "path_key": it.key, "qid": it.qid, "task": it.task,
                     "style": it.style, "difficulty": it.difficulty, "alpha": hard_g[j].tolist(),
                     "probs": None if probs_g is None else [round(float(x), 5) for x in probs_g[j]],
                     "students": self.names, "rank": owner[j],
                 })
         for j, i in enumerate(local_idx):
-            local_rows.append((epoch, self.items[i].key, tuple(hard_g[off + j].tolist())))
+            res.local_rows.append((epoch, self.items[i].key, tuple(hard_g[off + j].tolist())))
+        if self.question_index is not None:
+            res.qindex = self.question_index[torch.tensor(global_idx, dtype=torch.long)]
 
         B = len(local_idx)
         distill = [torch.zeros((), device=self.device) for _ in self.students]
         mutual = torch.zeros((), device=self.device)
         co_routed = 0
-        counts = [0] * self.S
+        routed = (alpha.detach() > 0.5).cpu()
+        res.routed = routed
+        res.router_losses = torch.zeros(B, self.S)
+        res.path_losses = torch.zeros(B, self.S)
+        res.observed = torch.zeros(B, self.S, dtype=torch.bool)
         if B:
             prompts = [self.items[i].prompt for i in local_idx]
             responses = [self.items[i].response for i in local_idx]
+            chars = torch.tensor([max(len(r), 1) for r in responses], dtype=torch.float32)
             all_rows = torch.arange(B)
-            run_all = self.router is None or tc.mutual.peer_paths == "all"
+            run_all = self.mode == "off" or tc.mutual.peer_paths == "all"
+            peer_forward = self.mode == "learned" and tc.router.signal == "relative" and tc.router.peer_forward
             fulls, outs, rows_of = [], [], []
             path_losses = torch.zeros(B, self.S, device=self.device)
             for s, student in enumerate(self.students):
-                full = student.encode(prompts, responses, tc.max_length, answer_weight=tc.answer_weight)
-                rows = all_rows if run_all else (alpha[:, s].detach() > 0.5).nonzero(as_tuple=True)[0].cpu()
+                full = student.encode(prompts, responses, self.max_lengths[s], answer_weight=tc.answer_weight)
+                rows = all_rows if run_all else routed[:, s].nonzero(as_tuple=True)[0]
                 fulls.append(full)
                 rows_of.append(rows)
                 outs.append(None)
-                counts[s] = int((alpha[:, s].detach() > 0.5).sum())
-                if len(rows) == 0:
-                    continue
-                sub = take_rows(full, rows).to(self.device)
-                grad_ctx = contextlib.nullcontext() if student.trainable else torch.no_grad()
-                with grad_ctx, self.acc.autocast():
-                    out = student.forward(sub)
-                outs[s] = out
-                rows_dev = rows.to(self.device)
-                distill[s] = routed_distill_loss(out.token_nll, sub.loss_weight, sub.response_mask, alpha[rows_dev, s])
-                path_losses[rows_dev, s] = path_nll(out.token_nll, sub.loss_weight, sub.response_mask).detach()
+                if len(rows):
+                    sub = take_rows(full, rows).to(self.device)
+                    grad_ctx = contextlib.nullcontext() if student.trainable else torch.no_grad()
+                    with grad_ctx, self.acc.autocast():
+                        out = student.forward(sub)
+                    outs[s] = out
+                    rows_dev = rows.to(self.device)
+                    # Routing is a selection here: the router learns from its own objective (step end).
+                    distill[s] = routed_distill_loss(out.token_nll, sub.loss_weight, sub.response_mask,
+                                                     alpha[rows_dev, s].detach())
+                    ell = path_nll(out.token_nll, sub.loss_weight, sub.response_mask).detach()
+                    path_losses[rows_dev, s] = ell
+                    res.path_losses[rows, s] = ell.float().cpu()
+                    res.router_losses[rows, s] = (out.token_nll.detach().float().sum(dim=1).cpu() / chars[rows])
+                    res.observed[rows, s] = True
+                missing = (~res.observed[:, s]).nonzero(as_tuple=True)[0]
+                if peer_forward and len(missing):
+                    # The router compares students on the same path; an unrouted student's loss costs a
+                    # no-grad forward (train.router.peer_forward).
+                    with torch.no_grad(), self.acc.autocast():
+                        out = student.forward(take_rows(full, missing).to(self.device))
+                    res.router_losses[missing, s] = out.token_nll.float().sum(dim=1).cpu() / chars[missing]
+                    res.observed[missing, s] = True
             if self.mutual is not None:
                 mutual, co_routed = self._mutual_term(alpha, fulls, outs, rows_of, path_losses)
-        loss = total_objective(distill, entropy, mutual, tc.lambda_entropy, tc.lambda_mutual) / n_micro
+        loss = (torch.stack([d.float() for d in distill]).sum() + tc.lambda_mutual * mutual) / n_micro
         if loss.requires_grad:
             self.acc.backward(loss)
-        return StepStats(
-            distill=[d.item() for d in distill], entropy=entropy.item(), mutual=mutual.item(),
-            co_routed=float(co_routed), routing_rate=hard_g.float().mean(dim=0).tolist() if len(global_idx)
-            else [0.0] * self.S, paths_per_student=[float(c) for c in counts],
+        res.stats = StepStats(
+            distill=[d.item() for d in distill], mutual=mutual.item(), co_routed=float(co_routed),
+            routing_rate=hard_g.float().mean(dim=0).tolist() if len(global_idx) else [0.0] * self.S,
+            paths_per_student=[float(c) for c in routed.sum(dim=0).tolist()],
+        )
+        return res
+
+    def _router_step(self, micros: list[MicroResult]) -> tuple[float, float, float]:
+        """The router's objective over the step's micro-batches, backpropagated; -> (fit, H, load) values."""
+        import torch
+
+        from qrdistill.train.losses import (
+            assignment_entropy,
+            load_entropy,
+            own_mean_advantage,
+            routing_fit_term,
+        )
+
+        alpha_g = torch.cat([m.alpha_global for m in micros])
+        qindex = torch.cat([m.qindex for m in micros]) if self.question_index is not None else None
+        entropy = assignment_entropy(alpha_g, qindex)
+        load = load_entropy(alpha_g)
+        if self.mode != "learned":
+            return 0.0, float(entropy), float(load)
+        alpha = torch.cat([m.alpha_local for m in micros])
+        if self.tc.router.signal == "relative":
+            adv = self.signal.advantage(torch.cat([m.router_losses for m in micros]),
+                                        torch.cat([m.observed for m in micros]))
+        else:
+            adv = own_mean_advantage(torch.cat([m.path_losses for m in micros]), torch.cat([m.routed for m in micros]))
+        fit = routing_fit_term(alpha, adv.to(alpha.device))
+        objective = fit - self.tc.lambda_entropy * entropy - self.tc.lambda_load * load
+        self.acc.backward(objective)
+        return float(fit), float(entropy), float(load)
+
+    def accumulate(self, epoch: int, micro: int, step: int) -> StepResult:
+        """Forward and backward of one optimizer step from data position (epoch, micro), after `step` steps.
+
+        Gradients are left in `.grad` (the update is `apply_update`), so tests can inspect them.
+        """
+        from qrdistill.train.router import anneal_tau
+
+        tc = self.tc
+        tau = anneal_tau(step, self.total_steps, tc.router.tau, tc.router.tau_end) if tc.router.anneal \
+            else tc.router.tau
+        micros = self.schedule.step_micros(micro)
+        results = [self._micro(epoch, m, len(micros), tau, step + 1) for m in micros]
+        fit, entropy, load = self._router_step(results)
+        return StepResult(
+            stats=[r.stats for r in results], tau=tau, entropy=entropy, load=load, fit=fit,
+            next_micro=micros[-1] + 1,
+            routing_rows=[row for r in results for row in r.routing_rows],
+            local_rows=[row for r in results for row in r.local_rows],
         )
 
     def _mutual_term(self, alpha, fulls, outs, rows_of, path_losses):
@@ -355,7 +497,7 @@ class Trainer:
         ran = torch.zeros(B, self.S, dtype=torch.bool)
         for s, rows in enumerate(rows_of):
             ran[rows, s] = True
-        pw = peer_pair_weight(alpha, self.tc.mutual.peer_paths) if self.router is not None else None
+        pw = peer_pair_weight(alpha, self.tc.mutual.peer_paths) if self.mode != "off" else None
         part = ran if pw is None else (pw.cpu() & ran)
         sel = (part.sum(dim=1) >= 2).nonzero(as_tuple=True)[0]
         if len(sel) == 0:
@@ -406,6 +548,8 @@ class Trainer:
             "step": step, "epoch": epoch, "micro": micro, "fingerprint": self.fingerprint, "world": self.world,
             "students": {s.name: [p.detach().cpu().clone() for p in s.trainable_parameters()] for s in self.students},
             "router": None if self.router is None else self.router.state_dict(),
+            "signal": None if self.signal is None else self.signal.state_dict(),
+            "group_names": list(self.group_names),
             "mutual": None if self.mutual is None else self.mutual.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -422,12 +566,21 @@ class Trainer:
         state, rng = load_checkpoint(ckpt, self.rank)
         if state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written with a different config or data; resuming anyway", ckpt)
+        saved_groups = state.get("group_names")
+        if saved_groups is not None and list(saved_groups) != list(self.group_names):
+            from qrdistill.errors import ConfigError
+
+            raise ConfigError(
+                f"train: checkpoint {ckpt} has optimizer groups {list(saved_groups)}, this config builds "
+                f"{list(self.group_names)}; it cannot be resumed (delete {self.ckpt_dir} to start over)")
         with torch.no_grad():
             for s in self.students:
                 for p, v in zip(s.trainable_parameters(), state["students"][s.name], strict=True):
                     p.copy_(v.to(p.device))
         if self.router is not None:
             self.router.load_state_dict(state["router"])
+        if self.signal is not None and state.get("signal"):
+            self.signal.load_state_dict(state["signal"])
         if self.mutual is not None:
             self.mutual.load_state_dict(state["mutual"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -487,7 +640,7 @@ class Trainer:
                 # A fresh run owns train/: stale checkpoints or logs of another run must not mix in.
                 shutil.rmtree(self.ckpt_dir, ignore_errors=True)
                 shutil.rmtree(self.train_dir / "tb", ignore_errors=True)
-                for name in ("log.jsonl", "routing.jsonl", "summary.json"):
+                for name in ("log.jsonl", "routing.jsonl", "summary.json", ROUTING_FINAL_FILE):
                     (self.train_dir / name).unlink(missing_ok=True)
             for name in ("log.jsonl", "routing.jsonl"):
                 kept = _rows_upto(self.train_dir / name, step)
@@ -514,13 +667,14 @@ class Trainer:
                 if micro >= self.schedule.micro_per_epoch:
                     self.epoch_times.append(self.epoch_elapsed)
                     self.epoch_elapsed, epoch, micro = 0.0, epoch + 1, 0
-                routing_rows: list[dict[str, Any]] = []
-                stats, tau, lrs, micro, dt = self.train_step(epoch, micro, step, routing_rows, local_rows)
+                result, lrs, dt = self.train_step(epoch, micro, step)
+                micro = result.next_micro
+                local_rows += result.local_rows
                 step += 1
                 self.epoch_elapsed += dt
-                row = self._log_row(step, epoch, tau, lrs, dt, stats)
+                row = self._log_row(step, epoch, lrs, dt, result)
                 if self.main:
-                    _append_jsonl(routing_f, routing_rows)
+                    _append_jsonl(routing_f, result.routing_rows)
                     if step % tc.log_every == 0 or step == self.total_steps:
                         _append_jsonl(log_f, [row])
                         if tb is not None:
@@ -549,20 +703,9 @@ class Trainer:
         self.acc.wait_for_everyone()
         return summary
 
-    def train_step(self, epoch: int, micro: int, step: int, routing_rows: list[dict[str, Any]],
-                   local_rows: list[tuple]):
-        """One optimizer step from data position (epoch, micro) after `step` steps.
-
-        Returns (per-micro-batch stats, tau, learning rates used, next micro index, seconds).
-        """
-        from qrdistill.train.router import anneal_tau
-
+    def apply_update(self, stats: list[StepStats]) -> list[float]:
+        """Average gradients over ranks, clip, step the optimizer and schedule; -> learning rates used."""
         tc = self.tc
-        t0 = time.perf_counter()
-        tau = anneal_tau(step, self.total_steps, tc.router.tau, tc.router.tau_end) if tc.router.anneal \
-            else tc.router.tau
-        micros = self.schedule.step_micros(micro)
-        stats = [self._micro(epoch, m, len(micros), tau, step + 1, routing_rows, local_rows) for m in micros]
         got = self._sync_grads()
         for name, g in zip(self.param_names, got.tolist(), strict=True):
             if g:
@@ -571,12 +714,25 @@ class Trainer:
             self._first_check_done = True
             self._first_step_gradient_check(got.tolist(), stats)
         if tc.max_grad_norm is not None:
-            self.acc.clip_grad_norm_(self.params, tc.max_grad_norm)
+            # The router's objective has its own scale: clipped on its own, it never shrinks the students' step.
+            for group in self.optimizer.param_groups:
+                if group["group"] == "router":
+                    self.acc.clip_grad_norm_(group["params"], tc.max_grad_norm)
+            rest = [p for g in self.optimizer.param_groups if g["group"] != "router" for p in g["params"]]
+            if rest:
+                self.acc.clip_grad_norm_(rest, tc.max_grad_norm)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return stats, tau, lrs, micros[-1] + 1, time.perf_counter() - t0
+        return lrs
+
+    def train_step(self, epoch: int, micro: int, step: int) -> tuple[StepResult, list[float], float]:
+        """One optimizer step from data position (epoch, micro) after `step` steps -> (result, lrs, seconds)."""
+        t0 = time.perf_counter()
+        result = self.accumulate(epoch, micro, step)
+        lrs = self.apply_update(result.stats)
+        return result, lrs, time.perf_counter() - t0
 
     def _first_step_gradient_check(self, got: list[bool], stats: list[StepStats]) -> None:
         """Say which trainable tensors the first step left without gradient, and whether routing explains it.
@@ -605,10 +761,13 @@ class Trainer:
                         "data: %s%s", len(unexplained), len(self.param_names), ", ".join(unexplained[:5]),
                         ", ..." if len(unexplained) > 5 else "")
 
-    def _log_row(self, step, epoch, tau, lrs, dt, stats: list[StepStats]) -> dict[str, Any]:
+    def _log_row(self, step, epoch, lrs, dt, result: StepResult) -> dict[str, Any]:
         """Per-step scalars; a student's distill loss is its mean over the paths it trained on (all ranks)."""
         import torch
 
+        from qrdistill.train.losses import total_objective
+
+        stats = result.stats
         S, n = self.S, len(stats)
         vec = torch.tensor(
             [sum(st.distill[k] * st.paths_per_student[k] for st in stats) for k in range(S)]
@@ -622,22 +781,25 @@ class Trainer:
         distill = [vec[k] / counts[k] if counts[k] else None for k in range(S)]
         co = vec[2 * S + 1]
         mutual = vec[2 * S] / co if co else 0.0
-        entropy = sum(st.entropy for st in stats) / n
         rates = [sum(st.routing_rate[k] for st in stats) / n for k in range(S)]
         self.rates_sum = [a + b for a, b in zip(self.rates_sum, rates, strict=True)]
         self.rates_n += 1
+        tc = self.tc
         row: dict[str, Any] = {"step": step, "epoch": epoch}
-        row["loss"] = (sum(d for d in distill if d is not None) - self.tc.lambda_entropy * entropy
-                       + self.tc.lambda_mutual * mutual)
+        row["loss"] = float(total_objective(
+            [torch.tensor(d or 0.0) for d in distill], torch.tensor(result.entropy), torch.tensor(mutual),
+            tc.lambda_entropy, tc.lambda_mutual, load=torch.tensor(result.load), lambda_load=tc.lambda_load))
         for name, d, c in zip(self.names, distill, counts, strict=True):
             row[f"distill/{name}"] = d
             row[f"paths/{name}"] = int(c)
-        row["entropy"] = entropy
+        row["entropy"] = result.entropy
+        row["load"] = result.load
+        row["router_fit"] = result.fit
         row["mutual"] = mutual
         row["co_routed_paths"] = int(co)
         for name, r in zip(self.names, rates, strict=True):
             row[f"routing_rate/{name}"] = r
-        row["tau"] = tau
+        row["tau"] = result.tau
         for g, lr in zip(self.group_names, lrs, strict=True):
             row[f"lr/{g}"] = lr
         row["step_time"] = dt
@@ -648,7 +810,7 @@ class Trainer:
             return "-" if v is None else f"{v:.3f}"
 
         parts = [f"{n}={fmt(row[f'distill/{n}'])}" for n in self.names]
-        if self.router is not None:
+        if self.mode != "off":
             parts.append(f"H={row['entropy']:.3f}")
             parts.append("route=" + "/".join(f"{row[f'routing_rate/{n}']:.2f}" for n in self.names))
         if self.mutual is not None:
@@ -695,6 +857,7 @@ class Trainer:
         if self.mutual is not None:
             torch.save({"state_dict": self.mutual.state_dict(), "hidden_sizes": self.mutual.hidden_sizes,
                         "shared_dim": self.mutual.shared_dim, "students": self.names}, out / "mutual.pt")
+        self._write_final_routing(out / ROUTING_FINAL_FILE)
         never = sorted(self.never_grad)
         if never:
             log.warning("%d trainable tensors never received a gradient: %s", len(never), ", ".join(never[:10]))
@@ -703,11 +866,16 @@ class Trainer:
             "method": self.tc.method,
             "students": [{"name": s.name, "model": s.model, "trainable": st.trainable}
                          for s, st in zip(self.tc.students, self.students, strict=True)],
-            "router": self.router is not None, "lambda_entropy": self.tc.lambda_entropy,
+            "router": self.mode != "off", "router_mode": self.mode, "router_signal": self.tc.router.signal,
+            "lambda_entropy": self.tc.lambda_entropy, "lambda_load": self.tc.lambda_load,
             "lambda_mutual": self.tc.lambda_mutual, "frozen_peer": self.tc.frozen_peer,
-            "epochs": len(self.epoch_times), "steps": step, "steps_per_epoch": self.schedule.steps_per_epoch,
+            "epochs": len(self.epoch_times), "steps": step, "steps_per_epoch": self._steps_per_epoch(),
+            "step_budget": self.tc.step_budget, "reference_paths": self.reference_paths,
             "time_per_epoch": self.epoch_times, "total_time": total_time,
             "paths": len(self.items), "questions": len({it.qid for it in self.items}),
+            "sequence_lengths": {name: fit.to_dict() for name, fit in self.length_fits.items()},
+            "items_before_length_fit": self.items_before_fit,
+            "items_dropped": self.items_before_fit - len(self.items),
             "routing_rate": dict(zip(self.names, rates, strict=True)),
             "params_without_grad": never, "trainable_tensors": len(self.param_names),
             "trainable_parameters": sum(p.numel() for p in self.params),
@@ -720,6 +888,29 @@ class Trainer:
         if math.isfinite(total_time):
             log.info("train: %d steps in %.1fs; adapters in %s", step, total_time, out / "adapters")
         return summary
+
+    def _write_final_routing(self, path: Path) -> None:
+        """P(route) of every training path under the final router, noise-free (what Fig. 4/5 plot)."""
+        import torch
+
+        if self.mode == "off":
+            path.unlink(missing_ok=True)
+            return
+        if self.mode == "random":
+            probs = torch.full((len(self.items), self.S), 0.5)
+        else:
+            from qrdistill.train.router import assignment_probabilities
+
+            with torch.no_grad():
+                probs = assignment_probabilities(self.router(self.embeddings)).cpu()
+        rows = [
+            {"path_key": it.key, "qid": it.qid, "task": it.task, "style": it.style, "difficulty": it.difficulty,
+             "probs": [round(float(x), 5) for x in p], "students": self.names}
+            for it, p in zip(self.items, probs, strict=True)
+        ]
+        from qrdistill.io import atomic_write_text
+
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def close(self) -> None:
         acc = getattr(self, "acc", None)

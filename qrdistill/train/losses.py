@@ -62,6 +62,59 @@ def assignment_entropy(alpha: Tensor, question_index: Tensor | None = None) -> T
     return binary_entropy(per_question_mean_assignment(alpha, question_index)).mean()
 
 
+def load_entropy(alpha: Tensor) -> Tensor:
+    """The load term (maximised, weight ``train.lambda_load``): ``(1/S) Σ_s H(ᾱ_s)``, ``alpha [B, S]`` -> scalar.
+
+    ``ᾱ_s`` is student s's own mean assignment over the batch. Eq. 3's ``H(ᾱ)`` pools all students,
+    so it is at its maximum when one student takes every path and another none (ᾱ = 1/2): it sets
+    how many routes there are, not who gets them. Each student's own entropy is 0 when that student
+    is starved (ᾱ_s = 0) or flooded (ᾱ_s = 1), so maximising their mean keeps every student in use
+    while leaving each path free to go to any subset.
+    """
+    if alpha.numel() == 0:
+        return alpha.new_zeros(())
+    return binary_entropy(alpha.float().mean(dim=0)).mean()
+
+
+def relative_losses(losses: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    """Each student's loss on a path minus the mean of the other observed students' -> ``(r, defined)``.
+
+    ``losses [B, S]``, ``observed [B, S]`` bool -> ``r [B, S]`` (0 where not defined) and ``defined [B, S]``:
+    observed, with at least one other observed student on the same path. Difficulty that every
+    student shares adds the same amount to each ``ℓ_js`` and cancels.
+    """
+    obs = observed.bool()
+    vals = torch.where(obs, losses.float(), torch.zeros_like(losses, dtype=torch.float32))
+    n_obs = obs.sum(dim=1, keepdim=True)
+    others = (vals.sum(dim=1, keepdim=True) - vals) / (n_obs - obs.long()).clamp_min(1)
+    defined = obs & (n_obs >= 2)
+    r = torch.where(defined, vals - others, torch.zeros_like(vals))
+    return r, defined
+
+
+def own_mean_advantage(losses: Tensor, routed: Tensor) -> Tensor:
+    """The router signal eq. 9's straight-through distill gradient gives: ``A_js = (ℓ_js − L_s) / n_s``.
+
+    ``losses [B, S]`` per-path distill losses, ``routed [B, S]`` bool -> ``A [B, S]`` (0 off the routed
+    entries); ``L_s`` is student s's mean over its n_s routed paths. ``Σ alpha·A`` has exactly the
+    router gradient of ``Σ_s routed_distill_loss`` (``train.router.signal: own_mean``).
+    """
+    m = routed.float()
+    n = m.sum(dim=0).clamp_min(1.0)
+    vals = torch.where(routed.bool(), losses.float(), torch.zeros_like(losses, dtype=torch.float32))
+    mean = vals.sum(dim=0) / n
+    return (vals - mean) * m / n
+
+
+def routing_fit_term(alpha: Tensor, advantage: Tensor) -> Tensor:
+    """``Σ_js alpha_js · A_js`` (scalar): minimising it moves each path towards the students it fits.
+
+    ``alpha [B, S]`` straight-through (its gradient reaches the router logits); ``advantage [B, S]``
+    is detached: the router learns from the students' losses but never changes them.
+    """
+    return (alpha.float() * advantage.detach().float()).sum()
+
+
 def path_nll(token_nll: Tensor, loss_weight: Tensor, response_mask: Tensor) -> Tensor:
     """Per-path SFT loss: ``[B, T]`` x3 -> ``[B]``, the weighted mean token NLL on response tokens.
 
@@ -179,15 +232,21 @@ def competence_target_loss(gamma: Tensor, path_losses: Tensor, student_mask: Ten
 
 
 def total_objective(
-    distill: list[Tensor], entropy: Tensor, mutual: Tensor, lambda_entropy: float, lambda_mutual: float
+    distill: list[Tensor], entropy: Tensor, mutual: Tensor, lambda_entropy: float, lambda_mutual: float,
+    load: Tensor | None = None, lambda_load: float = 0.0,
 ) -> Tensor:
-    """Eq. 9: ``L = Σ_s L_distill^(s) − λ1·H(ᾱ) + λ2·L_mutual`` (scalar).
+    """Eq. 9: ``L = Σ_s L_distill^(s) − λ1·H(ᾱ) + λ2·L_mutual`` (scalar), minus ``λ_load·load`` when given.
 
     ``distill``: one scalar per student. The paper maximises the routing entropy, so it
-    enters with a minus sign (minimising L maximises H). ``λ1, λ2 ≥ 0``.
+    enters with a minus sign (minimising L maximises H); the load term (`load_entropy`) is
+    maximised the same way. ``λ1, λ2, λ_load ≥ 0``.
     """
-    if lambda_entropy < 0 or lambda_mutual < 0:
-        raise ValueError(f"loss weights must be >= 0, got λ1={lambda_entropy}, λ2={lambda_mutual}")
+    if lambda_entropy < 0 or lambda_mutual < 0 or lambda_load < 0:
+        raise ValueError(f"loss weights must be >= 0, got λ1={lambda_entropy}, λ2={lambda_mutual}, "
+                         f"λ_load={lambda_load}")
     if not distill:
         raise ValueError("total_objective needs the distill loss of at least one student")
-    return torch.stack([d.float() for d in distill]).sum() - lambda_entropy * entropy + lambda_mutual * mutual
+    total = torch.stack([d.float() for d in distill]).sum() - lambda_entropy * entropy + lambda_mutual * mutual
+    if load is not None:
+        total = total - lambda_load * load
+    return total

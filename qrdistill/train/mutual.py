@@ -58,9 +58,11 @@ class MutualHead(nn.Module):
 
     Both are bias-free, as in the paper's ``Proj_s(z)`` and ``w_sᵀ·mean_t(z̃)``: a bias
     in Proj_s would let every student output the same constant vector (MSE 0 for free).
+    ``init`` (``train.mutual.init``): ``shared`` starts students of equal width with one
+    projection, so identical students start at a zero mutual loss; ``independent`` draws each.
     """
 
-    def __init__(self, hidden_sizes: list[int], shared_dim: int = 128):
+    def __init__(self, hidden_sizes: list[int], shared_dim: int = 128, init: str = "shared"):
         super().__init__()
         if not hidden_sizes:
             raise ValueError("MutualHead needs at least one student")
@@ -68,8 +70,23 @@ class MutualHead(nn.Module):
             raise ValueError(f"shared_dim must be >= 1, got {shared_dim}")
         self.hidden_sizes = list(hidden_sizes)
         self.shared_dim = shared_dim
+        if init not in ("shared", "independent"):
+            raise ConfigError(f"train.mutual.init: expected shared or independent, got {init!r}")
         self.projections = nn.ModuleList(nn.Linear(h, shared_dim, bias=False) for h in hidden_sizes)
         self.regressors = nn.ModuleList(nn.Linear(shared_dim, 1, bias=False) for _ in hidden_sizes)
+        if init == "shared":
+            # Two adapters on one base have identical hidden states at step 0 (LoRA's B starts at 0);
+            # with independent random projections eq. 8 would still start near 1.7 and its gradient
+            # would only distort the students until the projections line up. Students of one width
+            # share the first one's initial projection, and every regressor starts alike (γ uniform).
+            first: dict[int, nn.Linear] = {}
+            for h, proj in zip(hidden_sizes, self.projections, strict=True):
+                if h in first:
+                    proj.weight.data.copy_(first[h].weight.data)
+                else:
+                    first[h] = proj
+            for reg in self.regressors[1:]:
+                reg.weight.data.copy_(self.regressors[0].weight.data)
 
     def forward(
         self,

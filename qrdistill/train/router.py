@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -118,14 +119,22 @@ def _router_mlp(in_dim: int, num_students: int, hidden: int, dropout: float) -> 
     # gradient on the first step.
     nn.init.normal_(last.weight, std=1e-2)
     nn.init.zeros_(last.bias)
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), last)
+    # Sentence embeddings are L2-normalised (MiniLM: entries of about 0.05), so without the
+    # LayerNorm the hidden units sit near 0.01 and an Adam step of size lr moves a logit by
+    # about lr * 4: routing could not leave 1/2 in a short run. Standardised inputs give O(1)
+    # hidden units, so a logit moves by up to lr * hidden / 3 per step.
+    return nn.Sequential(
+        nn.LayerNorm(in_dim, elementwise_affine=False),
+        nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), last,
+    )
 
 
 class Router(nn.Module):
     """Eq. 2's MLP: path embeddings ``h [B, d]`` -> routing logits ``[B, S]``.
 
-    The last layer starts near zero, so ``P(alpha[s] = 1) ≈ sigmoid(0) = 1/2`` for every
-    path and student before training.
+    ``LayerNorm(d) -> Linear(d, hidden) -> GELU -> Dropout -> Linear(hidden, S)``. The last
+    layer starts near zero, so ``P(alpha[s] = 1) ≈ sigmoid(0) = 1/2`` for every path and
+    student before training.
     """
 
     def __init__(self, in_dim: int, num_students: int, hidden: int = 256, dropout: float = 0.0):
@@ -225,6 +234,68 @@ def anneal_tau(step: int, total_steps: int, tau_start: float, tau_end: float) ->
         return float(tau_start)
     frac = min(max(step, 0), total_steps) / total_steps
     return float(tau_start * (tau_end / tau_start) ** frac)
+
+
+def random_assignment(noise: Tensor) -> Tensor:
+    """The random-router control: eq. 2's sample with every logit at 0 -> ``alpha [B, S]`` (no gradient).
+
+    ``noise`` is ``routing_noise(...)`` ``[B, S, 2]``, the same keys a learned router would use, so
+    a random and a learned run differ only in the logits. ``P(alpha[s] = 1) = 1/2`` exactly.
+    """
+    return ((noise[..., 0] - noise[..., 1]) > 0).float()
+
+
+class RelativeSignal:
+    """Eq. 2's router signal with difficulty cancelled: how much better a student fits a path than its peers do.
+
+    Per path j and student s with observed loss ``ℓ_js`` (nats per response character, so students with
+    different tokenizers compare), ``r_js = ℓ_js − mean_{s' ≠ s} ℓ_js'`` over the other observed
+    students: difficulty shared by all students cancels. A student that is better on every path would
+    still have ``r < 0`` everywhere and pull every path; a running mean per student (``momentum``)
+    removes that offset, so the signal says only *which* paths fit a student better than they fit the
+    others, and the load and entropy terms decide *how many*. A running standard deviation scales it to
+    unit size, so the loss weights of those terms mean the same whatever the students' loss scale.
+    Pure state (a few floats, checkpointed); `advantage` is a function of it and the batch.
+    """
+
+    def __init__(self, num_students: int, momentum: float = 0.9):
+        self.num_students = num_students
+        self.momentum = momentum
+        self.mean = torch.zeros(num_students, dtype=torch.float64)
+        self.var = torch.ones(num_students, dtype=torch.float64)
+        self.count = torch.zeros(num_students, dtype=torch.float64)
+
+    def advantage(self, losses: Tensor, observed: Tensor) -> Tensor:
+        """``losses [B, S]`` (any value where unobserved), ``observed [B, S]`` bool -> ``A [B, S]``.
+
+        ``A`` is 0 where a path has no comparison (fewer than two observed students); elsewhere
+        ``(r − mean_s) / std_s / n`` with n the number of compared (path, student) pairs, so that
+        ``Σ alpha · A`` is a mean over them. Updates the running statistics with this batch.
+        """
+        from qrdistill.train.losses import relative_losses
+
+        r, defined = relative_losses(losses, observed)
+        r64, d = r.detach().double().cpu(), defined.cpu()
+        for s in range(self.num_students):
+            vals = r64[d[:, s], s]
+            if not len(vals):
+                continue
+            m = 0.0 if self.count[s] == 0 else self.momentum
+            self.mean[s] = m * self.mean[s] + (1 - m) * vals.mean()
+            batch_var = ((vals - self.mean[s]) ** 2).mean()
+            self.var[s] = batch_var if self.count[s] == 0 else m * self.var[s] + (1 - m) * batch_var
+            self.count[s] += len(vals)
+        n = max(int(d.sum()), 1)
+        scaled = (r64 - self.mean) / (self.var.sqrt() + 1e-6)
+        return torch.where(d, scaled, torch.zeros_like(scaled)).to(losses.device, torch.float32) / n
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone(),
+                "momentum": self.momentum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = (state[k].clone().double() for k in ("mean", "var", "count"))
+        self.momentum = float(state["momentum"])
 
 
 def all_students_assignment(batch_size: int, num_students: int, device=None) -> Tensor:

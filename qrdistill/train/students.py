@@ -270,6 +270,9 @@ class Student:
         self.spec = spec
         cfg = base.lm.config.get_text_config() if hasattr(base.lm.config, "get_text_config") else base.lm.config
         self.hidden_size: int = int(cfg.hidden_size)
+        #: longest sequence the model's positions allow (None = no limit known)
+        positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.max_positions: int | None = int(positions) if positions else None
         self.trainable = True
         self._params: list[nn.Parameter] | None = None
 
@@ -309,24 +312,17 @@ class Student:
             p.requires_grad_(self.trainable)
 
     # ------------------------------------------------------------------ data
-    def encode(
-        self, prompts: list[str], responses: list[str], max_length: int, answer_weight: float = 1.0
-    ) -> StudentBatch:
-        """Tokenize (prompt, response) pairs into a right-padded training batch.
+    def _tokenize_pairs(self, prompts: list[str], responses: list[str]):
+        """Token ids of each (prompt, response) pair exactly as training sees it, never shortened.
 
-        Over-long pairs lose the start of the prompt first (a leading BOS is
-        kept), then the end of the response. `answer_weight` multiplies the loss
-        weight of the tokens on the final answer line ("The answer is ...").
+        -> per pair (prompt ids with special tokens, response ids + EOS, trimmed response offsets).
         """
-        import torch
-
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         tok = self.tokenizer
         prompt_ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
         enc = tok(list(responses), add_special_tokens=False, return_offsets_mapping=True)
-        eos = tok.eos_token_id
-        bos = tok.bos_token_id
+        eos, bos = tok.eos_token_id, tok.bos_token_id
         rows = []
         for response, p_ids, r_ids, r_off in zip(
             responses, prompt_ids, enc["input_ids"], enc["offset_mapping"], strict=True
@@ -336,16 +332,38 @@ class Student:
                 p_ids = [bos if bos is not None else eos]
             r_ids = list(r_ids) + [eos]
             offsets = trim_offsets(response, r_off) + [(len(response), len(response))]
-            overflow = len(p_ids) + len(r_ids) - max_length
-            if overflow > 0:
-                keep_head = 1 if (bos is not None and p_ids[0] == bos) else 0
-                removable = max(len(p_ids) - keep_head - 1, 0)
-                cut = min(overflow, removable)
-                p_ids = p_ids[:keep_head] + p_ids[keep_head + cut:]
-                overflow -= cut
-            if overflow > 0:
-                r_ids = r_ids[: len(r_ids) - overflow]
-                offsets = offsets[: len(r_ids)]
+            rows.append((p_ids, r_ids, offsets))
+        return rows
+
+    def pair_lengths(self, prompts: list[str], responses: list[str]) -> list[tuple[int, int]]:
+        """(prompt tokens, response tokens incl. EOS) of each pair, as `encode` would build it."""
+        return [(len(p), len(r)) for p, r, _ in self._tokenize_pairs(prompts, responses)]
+
+    def encode(
+        self, prompts: list[str], responses: list[str], max_length: int, answer_weight: float = 1.0
+    ) -> StudentBatch:
+        """Tokenize (prompt, response) pairs into a right-padded training batch.
+
+        A pair is never shortened: cutting the prompt removes the question (and the
+        student then trains on a format evaluation never shows it), cutting the
+        response removes the answer line and EOS. The loop sizes `max_length` from the
+        data and drops pairs that do not fit before batching (`data.fit_to_length`), so
+        a pair longer than `max_length` here is a ValueError. `answer_weight`
+        multiplies the loss weight of the tokens on the final answer line ("The answer
+        is ...").
+        """
+        import torch
+
+        tok = self.tokenizer
+        rows = []
+        for i, (response, (p_ids, r_ids, offsets)) in enumerate(
+            zip(responses, self._tokenize_pairs(prompts, responses), strict=True)
+        ):
+            if len(p_ids) + len(r_ids) > max_length:
+                raise ValueError(
+                    f"{self.name}: pair {i} has {len(p_ids)} prompt + {len(r_ids)} response tokens, more than "
+                    f"max_length {max_length}; pairs are never cut (drop them before encoding)"
+                )
             weights = [1.0] * len(r_ids)
             if answer_weight != 1.0:
                 lo, hi = _answer_line(response)
@@ -354,7 +372,7 @@ class Student:
 
         seq_len = max(len(p) + len(r) for p, r, _, _ in rows)
         bsz = len(rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         input_ids = torch.full((bsz, seq_len), pad, dtype=torch.long)
         attention = torch.zeros((bsz, seq_len), dtype=torch.long)
         response_mask = torch.zeros((bsz, seq_len), dtype=torch.bool)
