@@ -481,9 +481,9 @@ def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict
             theirs = {r["qid"]: r for r in predictions[base.key][et.label]}
             qids = [q for q in mine if q in theirs]
             row: dict[str, Any] = {"student": t.key, "baseline": base.key, "task": et.label, "n": len(qids)}
-            for metric, field in (("flexible", "correct"), ("strict", "strict_correct")):
+            for metric, key in (("flexible", "correct"), ("strict", "strict_correct")):
                 row[metric] = compare_paired(
-                    [bool(mine[q].get(field)) for q in qids], [bool(theirs[q].get(field)) for q in qids],
+                    [bool(mine[q].get(key)) for q in qids], [bool(theirs[q].get(key)) for q in qids],
                     n_resamples=ecfg.bootstrap_resamples, confidence=ecfg.confidence, seed=seed,
                 )
             out.append(row)
