@@ -319,3 +319,38 @@ def test_collaboration_reaches_real_students_with_different_tokenizers(tmp_path)
     ]
     assert all(d.item() > 0 for d in distill)
     total_objective(distill, assignment_entropy(alpha), out.loss, 0.1, 0.1).backward()
+
+
+@pytest.mark.parametrize("init", ["shared", "independent"])
+def test_identical_students_start_with_zero_mutual_loss_only_with_shared_init(tmp_path, init):
+    """Two LoRA adapters on one base have identical hidden states at step 0 (LoRA B starts at 0):
+    with shared projections eq. 8 is exactly 0 there; independent projections start it with noise."""
+    from qrdistill.train.alignment import align_students
+    from qrdistill.train.students import load_students
+    from tests.tiny_models import make_tiny_students
+
+    paths = make_tiny_students(tmp_path)
+    students = load_students([{"name": "a", "model": paths[0], "lora": {"r": 4, "dropout": 0.0}},
+                              {"name": "b", "model": paths[0], "lora": {"r": 2, "dropout": 0.0}}])
+    prompts = ["Question: Jane has 12 apples and buys 30 more. How many?\n", "Q: 7 * 8 - 6?\n"]
+    responses = ["She has 12 + 30 = 42 apples. The answer is 42.", "First, 7 * 8 = 56. Then 56 - 6 = 50."]
+    batches = [s.encode(prompts, responses, max_length=256) for s in students]
+    outputs = [s.forward(b) for s, b in zip(students, batches, strict=True)]
+    assert torch.equal(outputs[0].hidden, outputs[1].hidden)
+    pooled, span_mask = align_students(outputs, batches)
+    torch.manual_seed(0)
+    head = MutualHead([s.hidden_size for s in students], shared_dim=8, init=init)
+    out = head(pooled, span_mask, detach_target=True, path_losses=torch.ones(2, 2))
+    if init == "shared":
+        assert out.mse.item() == 0.0
+        assert torch.allclose(out.gamma, torch.full((2, 2), 0.5))
+    else:
+        assert out.mse.item() > 0.1
+
+
+def test_shared_init_leaves_students_of_other_widths_independent():
+    torch.manual_seed(0)
+    head = MutualHead([8, 6, 8], shared_dim=4, init="shared")
+    assert torch.equal(head.projections[0].weight, head.projections[2].weight)
+    assert head.projections[1].weight.shape == (4, 6)
+    assert all(torch.equal(r.weight, head.regressors[0].weight) for r in head.regressors)

@@ -213,35 +213,132 @@ def test_path_encoder_minilm_matches_hf_mean_pooling(minilm_path):
     assert sims[0, 1] < sims[1, 2]
 
 
-def _train_router_on_fixed_losses(seed: int, lambda_entropy: float, steps: int = 150):
-    """Two styles; student 0 fits style 0 (path loss 1 vs 3), student 1 fits style 1."""
-    from qrdistill.train.losses import assignment_entropy, total_objective
+def _train_router(seed: int, loss: torch.Tensor, style: torch.Tensor, steps: int = 50, batch: int = 8,
+                  advantage=None, lambda_load: float | None = None):
+    """The router alone, trained exactly as the loop trains it, on fixed per-path losses [P, S].
 
+    Default settings throughout: RouterConfig's optimizer (AdamW, its lr, constant schedule), the
+    relative signal, λ1 and the load weight of a default TrainConfig. `advantage(idx) -> [B, S]`
+    replaces the signal (for the starvation toy); `lambda_load` overrides the load weight.
+    Returns mean P(route) [style, student].
+    """
+    from qrdistill.config.train import TrainConfig
+    from qrdistill.train.losses import assignment_entropy, load_entropy, routing_fit_term
+    from qrdistill.train.optim import build_optimizer, build_param_groups
+    from qrdistill.train.router import RelativeSignal
+
+    tc = TrainConfig()
+    lam_load = tc.lambda_load if lambda_load is None else lambda_load
     torch.manual_seed(seed)
-    P, T, B = 64, 4, 16
-    style = torch.arange(P) % 2
-    h = torch.cat([torch.nn.functional.one_hot(style, 2).float(), torch.zeros(P, 6)], 1) + 0.1 * torch.randn(P, 8)
-    loss = torch.where(style[:, None] == torch.arange(2)[None], 1.0, 3.0)
-    router = Router(8, 2, hidden=16)
-    ones, mask = torch.ones(B, T), torch.ones(B, T, dtype=torch.bool)
+    P, S = loss.shape
+    n_styles = int(style.max()) + 1
+    onehot = torch.nn.functional.one_hot(style, n_styles).float()
+    # Unit-norm embeddings, like a sentence encoder's: the style is a direction plus noise.
+    h = torch.nn.functional.normalize(torch.cat([onehot, torch.zeros(P, 30)], 1) + 0.3 * torch.randn(P, 30 + n_styles),
+                                      dim=-1)
+    router = Router(h.shape[1], S, hidden=tc.router.hidden)
+    groups = build_param_groups([], [], router, None, tc)
+    optimizer, scheduler = build_optimizer(groups, tc.scheduler, 0, steps)
+    signal = RelativeSignal(S)
     for step in range(steps):
-        idx = torch.randperm(P)[:B]
-        noise = routing_noise([f"p{i}" for i in idx.tolist()], epoch=step, seed=seed, num_students=2)
-        alpha = gumbel_multi_hot(router(h[idx]), noise, tau=1.0)
-        nll = loss[idx][:, :, None].expand(-1, -1, T)
-        distill = [routed_distill_loss(nll[:, s], ones, mask, alpha[:, s]) for s in range(2)]
-        objective = total_objective(distill, assignment_entropy(alpha), torch.zeros(()), lambda_entropy, 0.0)
-        router.zero_grad()
+        idx = torch.randperm(P)[:batch]
+        noise = routing_noise([f"p{i}" for i in idx.tolist()], epoch=step, seed=seed, num_students=S)
+        alpha = gumbel_multi_hot(router(h[idx]), noise, tau=tc.router.tau)
+        adv = advantage(idx) if advantage is not None else signal.advantage(loss[idx], torch.ones(batch, S, dtype=bool))
+        objective = (routing_fit_term(alpha, adv) - tc.lambda_entropy * assignment_entropy(alpha)
+                     - lam_load * load_entropy(alpha))
+        optimizer.zero_grad()
         objective.backward()
-        with torch.no_grad():
-            for p in router.parameters():
-                p -= 0.1 * p.grad
+        optimizer.step()
+        scheduler.step()
     probs = assignment_probabilities(router(h))
-    return torch.stack([probs[style == a].mean(dim=0) for a in range(2)])  # [style, student]
+    return torch.stack([probs[style == a].mean(dim=0) for a in range(n_styles)])  # [style, student]
+
+
+def _two_styles(P: int = 64) -> torch.Tensor:
+    return torch.arange(P) % 2
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_router_learns_to_send_each_style_to_the_student_that_fits_it(seed):
-    rate = _train_router_on_fixed_losses(seed, lambda_entropy=1.0)
-    assert rate[0, 0] > 0.6 and rate[1, 1] > 0.6
-    assert rate[0, 1] < 0.2 and rate[1, 0] < 0.2
+    """Student 0 fits style 0 (path loss 1 vs 3), student 1 style 1; default settings, 50 steps of 8."""
+    style = _two_styles()
+    loss = torch.where(style[:, None] == torch.arange(2)[None], 1.0, 3.0)
+    rate = _train_router(seed, loss, style)
+    assert rate[0, 0] > 0.75 and rate[1, 1] > 0.75
+    assert rate[0, 1] < 0.1 and rate[1, 0] < 0.1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_router_routes_by_fit_not_by_ease(seed):
+    """Both students find style 0 easy (loss 1) and style 1 hard (loss 4); student 0 is relatively better
+    on style 1 and student 1 on style 0 (by 0.6). Eq. 9's own-mean signal sends the easy style to
+    everyone and the hard one to no one; the relative signal sends each style to the student it fits."""
+    style = _two_styles()
+    base = torch.where(style == 0, 1.0, 4.0)[:, None].expand(-1, 2)
+    loss = base + torch.where(style[:, None] == torch.tensor([1, 0])[None], -0.3, 0.3)
+    rate = _train_router(seed, loss, style)
+    assert rate[1, 0] > 0.75 and rate[0, 1] > 0.75  # hard style 1 -> student 0, easy style 0 -> student 1
+    assert rate[0, 0] < 0.25 and rate[1, 1] < 0.25
+
+    from qrdistill.train.losses import own_mean_advantage
+
+    def own_mean(idx):
+        return own_mean_advantage(loss[idx], torch.ones(len(idx), 2, dtype=torch.bool))
+
+    rate_own = _train_router(seed, loss, style, advantage=own_mean)
+    assert rate_own[0].min() > 0.7 and rate_own[1].max() < 0.3  # the difficulty filter the issue measured
+
+
+def test_load_term_keeps_a_student_that_every_path_disfavours():
+    """A signal that always prefers student 0 starves student 1 under eq. 3's pooled entropy alone
+    (its mean assignment 1/2 is already the maximum); the per-student load term keeps it in use."""
+    style = _two_styles()
+    loss = torch.zeros(64, 2)
+
+    def push(idx):
+        return torch.tensor([[-1.0, 1.0]]).expand(len(idx), 2) / len(idx)
+
+    without = _train_router(0, loss, style, advantage=push, lambda_load=0.0)
+    with_load = _train_router(0, loss, style, advantage=push)
+    assert without[:, 1].max() < 0.02 and without[:, 0].min() > 0.98
+    assert with_load[:, 1].min() > 0.08
+
+
+def test_router_logits_move_by_several_units_in_a_short_run():
+    """The demo trains for a few dozen steps: the default router must be able to leave P = 1/2 in that time."""
+    style = _two_styles()
+    loss = torch.where(style[:, None] == torch.arange(2)[None], 1.0, 3.0)
+    rate = _train_router(0, loss, style, steps=30)
+    logit = torch.logit(rate.clamp(1e-6, 1 - 1e-6))
+    assert logit.abs().min() > 2.0
+
+
+def test_random_router_is_half_and_uses_the_learned_routers_noise():
+    from qrdistill.train.router import random_assignment
+
+    keys = [f"path-{i}" for i in range(4000)]
+    noise = routing_noise(keys, epoch=0, seed=0, num_students=2)
+    alpha = random_assignment(noise)
+    assert set(alpha.unique().tolist()) == {0.0, 1.0} and not alpha.requires_grad
+    assert (alpha.mean(dim=0) - 0.5).abs().max() < 0.03
+    # The same keys with zero logits through eq. 2's sampler: identical decisions.
+    assert torch.equal(alpha, gumbel_multi_hot(torch.zeros(4000, 2), noise, tau=1.0).detach())
+
+
+def test_relative_signal_cancels_shared_difficulty_and_a_uniform_student_offset():
+    from qrdistill.train.router import RelativeSignal
+
+    sig = RelativeSignal(2)
+    observed = torch.ones(4, 2, dtype=torch.bool)
+    fit = torch.tensor([[-0.1, 0.1], [0.1, -0.1], [-0.1, 0.1], [0.1, -0.1]])
+    for difficulty in ([1.0, 5.0, 2.0, 9.0], [3.0, 0.5, 7.0, 1.0]):
+        # Student 1 is worse by 2 nats/char on every path: an offset, not a fit.
+        loss = torch.tensor(difficulty)[:, None] + fit + torch.tensor([0.0, 2.0])
+        adv = sig.advantage(loss, observed)
+    # What is left is the fit: negative (pull) where a student is relatively better.
+    assert torch.equal(adv < 0, fit < 0)
+    assert torch.allclose(adv.sum(dim=0), torch.zeros(2), atol=1e-5)
+    # A path seen by one student only gives no comparison.
+    alone = sig.advantage(torch.tensor([[1.0, 0.0]]), torch.tensor([[True, False]]))
+    assert torch.equal(alone, torch.zeros(1, 2))
