@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STAGES = ("generate", "filter", "train", "evaluate", "analyze")
-
 
 def _parse_override(text: str) -> tuple[str, Any]:
     import yaml
@@ -52,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "run"):
             sp.add_argument("--max-steps", type=int, help="Cap the number of optimizer steps")
             sp.add_argument("--resume", action="store_true", help="Continue from the last checkpoint")
+        if name == "run":
+            sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                            help="Train and evaluate once per seed, in <run_dir>/seed-<s>/ (overrides `seeds`)")
     sp = sub.add_parser("analyze", help="Tables, routing plots and a report from saved logs")
     sp.add_argument("--run-dir", "-d", action="append", dest="run_dirs", help="Run directory (repeatable)")
     sp.add_argument("--config", "-c", help="YAML run config (its run_dir is analyzed)")
@@ -88,18 +89,7 @@ def dispatch(args: argparse.Namespace) -> Any:
         train_opts["resume"] = True
 
     if args.command == "run":
-        results = {}
-        if "generate" in cfg.stages:
-            results["generate"] = _stage("generate").run(cfg, run_dir, **opts)
-        if "filter" in cfg.stages:
-            results["filter"] = _stage("filter").run(cfg, run_dir, **opts)
-        if "train" in cfg.stages:
-            results["train"] = _stage("train").run(cfg, run_dir, **train_opts)
-        if "evaluate" in cfg.stages:
-            results["evaluate"] = _stage("evaluate").run(cfg, run_dir, **opts)
-        if "analyze" in cfg.stages:
-            results["analyze"] = _stage("analyze").run([run_dir])
-        return results
+        return _stage("pipeline").run(cfg, run_dir, seeds=args.seeds, **opts, **train_opts)
     if args.command == "train":
         return _stage("train").run(cfg, run_dir, **train_opts)
     return _stage(args.command).run(cfg, run_dir, **opts)

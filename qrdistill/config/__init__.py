@@ -26,6 +26,10 @@ class RunConfig(BaseModel):
 
     run_dir: str = Field("runs/default", description="Directory holding every artifact of this run.")
     seed: int = Field(0, description="Global seed: data order, sampling, router noise, simulated teacher.")
+    seeds: list[int] | None = Field(
+        None, description="`qrdistill run` trains and evaluates once per seed, each in <run_dir>/seed-<s>/ "
+        "(teacher paths generated and filtered once); analyze reports mean and spread over seeds.",
+    )
     tasks: list[TaskSpec] = Field(
         default_factory=lambda: [
             TaskSpec(name="procedural_date", split="train", limit=24),
@@ -53,6 +57,13 @@ class RunConfig(BaseModel):
     def _non_empty(cls, v: list[TaskSpec]) -> list[TaskSpec]:
         if not v:
             raise ValueError("at least one task is required")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("give distinct seeds, e.g. [0, 1, 2], or leave seeds unset for one run")
         return v
 
 
