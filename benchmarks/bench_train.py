@@ -17,7 +17,7 @@ their time is measured separately and reported beside the ratio. The three
 runs' steps are interleaved (round robin, rotating who goes first) so that all
 of them see the same CPU load on a shared machine.
 
-    python benchmarks/bench_train.py [--paths 48] [--max-length 128] [--out benchmarks/results/train.json]
+    python benchmarks/bench_train.py [--paths 48] [--max-length auto] [--out benchmarks/results/train.json]
 
 Default students: two Gemma-3-270M (one shared base, different LoRA) and the MiniLM router.
 """
@@ -86,10 +86,11 @@ def interleaved_epochs(runs: dict[str, dict], filtered: Path, work: Path, seed: 
             t, st = trainers[name], state[name]
             if st["step"] >= t.schedule.steps_per_epoch:
                 continue
-            stats, _, _, st["micro"], dt = t.train_step(0, st["micro"], st["step"], [], [])
+            result, _, dt = t.train_step(0, st["micro"], st["step"])
+            st["micro"] = result.next_micro
             st["step"] += 1
             st["time"] += dt
-            for m in stats:
+            for m in result.stats:
                 st["paths"] = [a + int(b) for a, b in zip(st["paths"], m.paths_per_student, strict=True)]
         rnd += 1
     out = {}
@@ -117,7 +118,8 @@ def embedding_time(filtered: Path, encoder: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--paths", type=int, default=48)
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-length", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="train.max_length (pairs longer are dropped, never cut; auto sizes from the data)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--model", default="gemma3-270m")
     ap.add_argument("--encoder", default="minilm")

@@ -45,7 +45,6 @@ def tiny_overrides(name: str, tiny: list[str], run_dir: Path) -> dict:
         "train.students": students,
         "train.router.encoder": tiny[0],
         "train.max_steps": 2,
-        "train.max_length": 96,
         "evaluate.limit": 3,
         "evaluate.max_new_tokens": 6,
         "evaluate.bootstrap_resamples": 100,
@@ -98,7 +97,8 @@ def test_analyze_all_rows_together(runs_root, tmp_path):
         pytest.skip("needs every row's run (run the whole module)")
     res = analyze.run(done, tmp_path / "report")
     results = (tmp_path / "report" / "results.md").read_text()
-    for label in ("Zero-shot", "SKD", "Distill Step-by-Step", "Answer Aug (SFT)", "QR-Distill"):
+    for label in ("Zero-shot", "SKD", "Distill Step-by-Step (rationale prefix)", "Distill Step-by-Step (label prefix)",
+                  "Answer Aug (k sampled paths, one style)", "All paths (no router, no collab)", "QR-Distill"):
         assert f"| {label} |" in results
     for name in ROWS:
         assert f"| {name} |" in results

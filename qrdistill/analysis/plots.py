@@ -1,4 +1,4 @@
-"""The paper's figures from table rows: routing selection rates (Fig. 4, 5) and sample efficiency (Fig. 6).
+"""The paper's figures from table rows: mean P(route) per style (Fig. 4, 5) and sample efficiency (Fig. 6).
 
 Every function returns the matplotlib Figure (so tests can inspect titles and
 axis labels) and, given `path`, saves it as PNG. The Agg backend is used: no
@@ -27,20 +27,29 @@ def _save(fig: Any, path: str | Path | None) -> Any:
     return fig
 
 
-def _grouped_bars(ax: Any, categories: list[Any], series: dict[str, list[float]]) -> None:
+def _grouped_bars(ax: Any, categories: list[Any], series: dict[str, list[float]],
+                  intervals: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    """One bar group per category, one bar per series; `intervals` (low, high) per bar become error bars."""
     import numpy as np
 
     x = np.arange(len(categories))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=str(label))
+        yerr = None
+        if intervals is not None:
+            lo_hi = intervals[label]
+            yerr = [[max(0.0, v - lo) for v, (lo, _) in zip(values, lo_hi, strict=True)],
+                    [max(0.0, hi - v) for v, (_, hi) in zip(values, lo_hi, strict=True)]]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=str(label), yerr=yerr, capsize=2)
     ax.set_xticks(x)
     ax.set_xticklabels([str(c) for c in categories], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
 
 
-def _rate_panels(rows, panel: str, x: str, series: str, xlabel: str, panel_width: float, sort_x: bool):
-    """Grouped selection-rate bars: one panel per `panel` value, x = `x`, one bar per `series` value."""
+def _route_panels(rows, panel: str, x: str, series: str, xlabel: str, ylabel: str, panel_width: float,
+                  sort_x: bool):
+    """Grouped bars of `route_probability_rows` rows: one panel per `panel` value, x = `x`, one bar per
+    `series` value, height = mean, error bar = [ci_low, ci_high]."""
     plt = _plt()
     panels = list(dict.fromkeys(r[panel] for r in rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), 3.8), squeeze=False, sharey=True)
@@ -50,27 +59,33 @@ def _rate_panels(rows, panel: str, x: str, series: str, xlabel: str, panel_width
         if sort_x:
             xs.sort(key=lambda v: (v is None, v))
         names = list(dict.fromkeys(r[series] for r in sub))
-        rate = {(r[x], r[series]): r["rate"] for r in sub}
-        _grouped_bars(ax, xs, {n: [rate.get((v, n), 0.0) for v in xs] for n in names})
+        cell = {(r[x], r[series]): r for r in sub}
+        # A style a student never saw in this panel is drawn as an empty bar, not left out, so bars line up.
+        empty = {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+        pick = {n: [cell.get((v, n), empty) for v in xs] for n in names}
+        _grouped_bars(ax, xs, {n: [c["mean"] for c in cs] for n, cs in pick.items()},
+                      {n: [(c["ci_low"], c["ci_high"]) for c in cs] for n, cs in pick.items()})
         ax.set_title(str(value))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("selection rate")
+        ax.set_ylabel(ylabel)
     axes[0][-1].legend(title=series, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def plot_routing_by_task(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
-    """Fig. 4: one panel per task; x = reasoning style, one bar per student; y = selection rate."""
-    fig = _rate_panels(rows, "task", "style", "student", "reasoning style", 4.5, sort_x=False)
-    fig.suptitle(title or "Routing selection rate per style, task and student (cf. paper Fig. 4)")
+def plot_routing_by_task(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None,
+                         ylabel: str = "mean P(route)"):
+    """Fig. 4: one panel per task; x = reasoning style, one bar per student; y = mean P(route) with its interval."""
+    fig = _route_panels(rows, "task", "style", "student", "reasoning style", ylabel, 4.5, sort_x=False)
+    fig.suptitle(title or "Mean P(route) per style, task and student (cf. paper Fig. 4)")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_routing_by_difficulty(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None):
-    """Fig. 5: one panel per student; x = difficulty level, one bar per style; y = selection rate."""
-    fig = _rate_panels(rows, "student", "difficulty", "style", "difficulty level", 5.0, sort_x=True)
-    fig.suptitle(title or "Routing selection rate per difficulty, style and student (cf. paper Fig. 5)")
+def plot_routing_by_difficulty(rows: list[dict[str, Any]], path: str | Path | None = None, title: str | None = None,
+                               ylabel: str = "mean P(route)"):
+    """Fig. 5: one panel per student; x = difficulty level, one bar per style; y = mean P(route) with its interval."""
+    fig = _route_panels(rows, "student", "difficulty", "style", "difficulty level", ylabel, 5.0, sort_x=True)
+    fig.suptitle(title or "Mean P(route) per difficulty, style and student (cf. paper Fig. 5)")
     fig.tight_layout()
     return _save(fig, path)
 

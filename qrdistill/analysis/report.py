@@ -37,39 +37,46 @@ def runs_section(runs: list[tables.RunLogs]) -> str:
         seeds = sorted({str(m.get("seed")) for m in r.meta.values() if m.get("seed") is not None})
         cfg_src = next((m.get("config_path") for m in r.meta.values() if m.get("config_path")), None)
         where = f"{r.path}" + (f" (config {cfg_src})" if cfg_src else "")
-        lines.append(f"| {where} | {tables.METHOD_NAMES.get(r.method, r.method)} | {', '.join(stages) or 'none'} "
+        lines.append(f"| {where} | {tables.method_label(r.method, r.variant)} | {', '.join(stages) or 'none'} "
                      f"| {', '.join(seeds) or '–'} | {100 * r.data_fraction:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
-def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
-    paths = [Path(d) for d in run_dirs]
-    if not paths:
-        raise MissingArtifactError("no run directory given: pass --run-dir D (repeatable)")
-    for p in paths:
-        if not p.is_dir():
-            raise MissingArtifactError(f"run directory {p} does not exist: run `qrdistill run` (or generate) first")
-    runs = [tables.load_run(p) for p in paths]
-    out = Path(out) if out is not None else paths[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    shown: dict[str, bool] = {}
-    figures: dict[str, dict[str, Any]] = {}
-    md = ["# QR-Distill report", "", "## Runs", "", runs_section(runs)]
+def _settings(runs: list[tables.RunLogs]) -> dict[str, Any]:
+    """Bootstrap settings for the intervals the report computes: the evaluation's own, so they match its table."""
+    for r in runs:
+        st = (r.eval_summary or {}).get("settings") or {}
+        if st:
+            return {"n_resamples": int(st.get("bootstrap_resamples", 1000)),
+                    "confidence": float(st.get("confidence", 0.95)), "seed": int(st.get("seed") or 0)}
+    return {"n_resamples": 1000, "confidence": 0.95, "seed": 0}
 
-    def figure(name: str, fig: Any) -> str:
-        import matplotlib.pyplot as plt
 
-        figures[name] = plots.figure_labels(fig)
-        plt.close(fig)
-        return f"![{name}]({name})\n"
+def _figure(figures: dict[str, dict[str, Any]], name: str, fig: Any) -> str:
+    import matplotlib.pyplot as plt
 
-    # Results in the paper's Table 1 layout.
-    md += ["## Accuracy (zero-shot CoT, greedy; % with bootstrap interval)", ""]
+    figures[name] = plots.figure_labels(fig)
+    plt.close(fig)
+    return f"![{name}]({name})\n"
+
+
+def results_section(runs: list[tables.RunLogs], out: Path, conf: int
+                    ) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """Accuracy in the paper's Table 1 layout, strict beside flexible, then the answer-form shares."""
+    md = ["## Accuracy (zero-shot CoT, greedy; %)", "",
+          f"Each cell: flexible accuracy [{conf}% bootstrap interval] / strict accuracy (the answer line only). "
+          "A row over several seeds: mean ± std over the seeds (min–max) / strict mean; `seeds` counts them. "
+          "Zero-shot rows are shown once: greedy decoding answers the same in every seed.", ""]
     rows, task_cols = tables.results_rows(runs)
     if rows:
         atomic_write_text(out / "results.md", tables.results_markdown(rows, task_cols))
         atomic_write_text(out / "results.csv", tables.results_csv(rows, task_cols))
         md += [tables.results_markdown(rows, task_cols), "CSV: [results.csv](results.csv)", ""]
+        form = tables.answer_form_markdown(rows, task_cols)
+        if form:
+            md += ["### Answers never stated as final", "",
+                   "Per cell: % of answers cut by the token budget / % without a strict answer line. Flexible "
+                   "credit for these rests on a value taken from an unfinished or unmarked answer.", "", form]
         shortcuts: dict[tuple[str, str], list[str]] = {}
         for r in runs:
             for task, values in ((r.eval_summary or {}).get("shortcut_baselines") or {}).items():
@@ -80,38 +87,124 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
     lacking = [r for r in runs if r.eval_summary is None]
     if lacking:
         md.append(_missing("evaluation (eval/summary.json)", "evaluate", lacking))
-    shown["results"] = bool(rows)
+    return md, rows, task_cols
 
-    # Routing (Fig. 4 and 5), last epoch of each run that routed.
-    md += ["", "## Routing selection rates (last epoch)", "",
-           "Selection rate = share of a style's paths the router assigned to the student."]
-    routed = [r for r in runs if r.routing and r.routed]
+
+def comparisons_section(rows: list[dict[str, Any]], task_cols: list[str], settings: dict[str, Any], out: Path,
+                        conf: int) -> tuple[list[str], bool]:
+    """Paired tests beside the table: two systems' separate intervals overlap where their difference on the
+    same questions is clear, since what both get right cancels only when the questions are paired."""
+    md = ["", "## Paired comparisons", "",
+          f"A − B in accuracy points on the questions both answered, with the {conf}% paired bootstrap interval and "
+          "the exact McNemar p (flexible; strict = the answer line only): each trained student against the "
+          "zero-shot base of its model, and methods that trained the same student against QR-Distill (every "
+          "pair when no QR-Distill run is given). Over several seeds the (question, seed) pairs are pooled, the "
+          "interval resamples whole questions and p is given per seed (seed k of A against seed k of B).", ""]
+    comps = tables.paired_comparisons(rows, task_cols, **settings)
+    if comps:
+        atomic_write_text(out / "comparisons.csv", tables.comparisons_csv(comps))
+        md += [tables.comparisons_markdown(comps), "CSV: [comparisons.csv](comparisons.csv)", ""]
+    elif tables.comparison_pairs(rows):
+        md.append("_No per-question predictions (eval/<student>/<task>.jsonl) for the compared students: "
+                  "run `qrdistill evaluate` first._\n")
+    else:
+        md.append("_Needs an evaluated trained student: run `qrdistill train` and `qrdistill evaluate` first._\n")
+    return md, bool(comps)
+
+
+def routing_section(runs: list[tables.RunLogs], out: Path, settings: dict[str, Any], conf: int,
+                    figures: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:
+    """Fig. 4 and 5 from mean P(route), the spread across styles and the usage, per run (seeds pooled)."""
+    md = ["", "## Routing: mean P(route) per style", "",
+          "mean P(route) = the router's probability of sending a path to the student, averaged over a group's "
+          f"paths; error bars and intervals: {conf}% percentile bootstrap over the paths."]
     unrouted = [r.name for r in runs if r.train_summary is not None and not r.routed]
     if unrouted:
         md.append(f"_Trained without a router (every path to every student): {', '.join(unrouted)}._\n")
-    for r in routed:
-        by_task = tables.selection_rates(r.routing, ("task", "style"))
-        slug = _slug(r.name)
+    fmt2 = {k: (lambda x: f"{x:.2f}") for k in ("mean", "ci_low", "ci_high", "rate")}
+    fmt3 = {k: (lambda x: f"{x:.3f}") for k in ("spread", "ci_low", "ci_high")}
+    fmt3.update({k: (lambda x: "–" if x is None else str(x)) for k in ("top_style", "bottom_style")})
+    shown = False
+    for group in tables.seed_groups(runs):
+        routed = [r for r in group if r.routed and (r.routing or r.routing_final)]
+        if not routed:
+            continue
+        shown = True
+        name, slug = tables.group_name(group), _slug(tables.group_name(group))
+        several = len(routed) > 1
+        inputs, sources = [], []
+        for r in routed:
+            rows, source = tables.route_inputs(r)
+            inputs += [{**x, "seed": r.seed} for x in rows]
+            sources.append(source)
+        ylabel = tables.ROUTE_SOURCES[sources[0]][0]
+        where = "; ".join(dict.fromkeys(tables.ROUTE_SOURCES[s][1] for s in sources))
+        pooled = f" Pooled over seeds {', '.join(str(r.seed) for r in routed)}." if several else ""
+        by_task = tables.route_probability_rows(inputs, ("task", "style"), **settings)
         atomic_write_text(out / f"routing_by_task_{slug}.csv", tables.rows_csv(by_task))
-        name = f"fig4_routing_by_task_{slug}.png"
-        fig = plots.plot_routing_by_task(by_task, out / name, f"Routing selection rate per style ({r.name}, cf. Fig. 4)")
-        md += ["", f"### {r.name}: per task and style (Fig. 4)", "", figure(name, fig),
-               tables.rows_markdown(by_task, {"rate": lambda x: f"{x:.2f}"})]
-        with_level = [x for x in r.routing if x.get("difficulty") is not None]
+        fig_name = f"fig4_routing_by_task_{slug}.png"
+        fig = plots.plot_routing_by_task(by_task, out / fig_name, f"{ylabel} per style ({name}, cf. Fig. 4)", ylabel)
+        md += ["", f"### {name}: per task and style (Fig. 4)", "", f"From {where}.{pooled}", "",
+               _figure(figures, fig_name, fig), tables.rows_markdown(by_task, fmt2)]
+        with_level = [x for x in inputs if x.get("difficulty") is not None]
         if with_level:
-            by_level = tables.selection_rates(with_level, ("difficulty", "style"))
+            by_level = tables.route_probability_rows(with_level, ("difficulty", "style"), **settings)
             atomic_write_text(out / f"routing_by_difficulty_{slug}.csv", tables.rows_csv(by_level))
-            name = f"fig5_routing_by_difficulty_{slug}.png"
+            fig_name = f"fig5_routing_by_difficulty_{slug}.png"
             fig = plots.plot_routing_by_difficulty(
-                by_level, out / name, f"Routing selection rate per difficulty ({r.name}, cf. Fig. 5)")
-            md += [f"### {r.name}: per difficulty level and style (Fig. 5)", "", figure(name, fig),
-                   tables.rows_markdown(by_level, {"rate": lambda x: f"{x:.2f}"})]
+                by_level, out / fig_name, f"{ylabel} per difficulty ({name}, cf. Fig. 5)", ylabel)
+            md += [f"### {name}: per difficulty level and style (Fig. 5)", "", _figure(figures, fig_name, fig),
+                   tables.rows_markdown(by_level, fmt2)]
         else:
-            md.append(f"_{r.name}: no difficulty levels in routing.jsonl (the task records carry none)._\n")
+            md.append(f"_{name}: no difficulty levels in the routing logs (the task records carry none)._\n")
+        # Per seed, not pooled: seeds whose routers favour opposite styles would cancel in a pooled spread.
+        spread = tables.route_spread(inputs, ("task", "seed") if several else ("task",), **settings)
+        atomic_write_text(out / f"routing_spread_{slug}.csv", tables.rows_csv(spread))
+        md += [f"### {name}: spread across styles", "",
+               f"Spread = max − min over styles of a student's mean P(route) on a task, with a {conf}% bootstrap "
+               "interval (paths resampled within each style): how strongly the router tells styles apart for "
+               "that student; a random router gives exactly 0 [0, 0].", "", tables.rows_markdown(spread, fmt3)]
+        usage = [{"seed": r.seed, **u} if several else u
+                 for r in routed for u in tables.selection_rates(r.routing or [], ())]
+        if usage:
+            atomic_write_text(out / f"routing_usage_{slug}.csv", tables.rows_csv(usage))
+            md += [f"### {name}: usage", "",
+                   "Share of paths routed to each student (hard samples of the last epoch, train/routing.jsonl).",
+                   "", tables.rows_markdown(usage, fmt2)]
     lacking = [r for r in runs if not r.routing and r.train_summary is None and r.method != "zero_shot"]
     if lacking:
         md.append(_missing("routing log (train/routing.jsonl)", "train", lacking))
-    shown["routing"] = bool(routed)
+    return md, shown
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+    """The report over every given run directory; one holding seed-k run directories stands for its seeds."""
+    given = [Path(d) for d in run_dirs]
+    if not given:
+        raise MissingArtifactError("no run directory given: pass --run-dir D (repeatable)")
+    for p in given:
+        if not p.is_dir():
+            raise MissingArtifactError(f"run directory {p} does not exist: run `qrdistill run` (or generate) first")
+    paths = tables.expand_seed_dirs(given)
+    runs = [tables.load_run(p) for p in paths]
+    out = Path(out) if out is not None else given[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(runs)
+    conf = int(round(100 * settings["confidence"]))
+    shown: dict[str, bool] = {}
+    figures: dict[str, dict[str, Any]] = {}
+    md = ["# QR-Distill report", "", "## Runs", "", runs_section(runs)]
+    seeded = [tables.group_name(g) for g in tables.seed_groups(runs) if len(g) > 1]
+    if seeded:
+        md.append(f"Seeds of one configuration, averaged in the tables below: {'; '.join(seeded)}.\n")
+
+    section, rows, task_cols = results_section(runs, out, conf)
+    md += section
+    shown["results"] = bool(rows)
+    section, shown["comparisons"] = comparisons_section(rows, task_cols, settings, out, conf)
+    md += section
+    section, shown["routing"] = routing_section(runs, out, settings, conf, figures)
+    md += section
 
     # Sample efficiency (Fig. 6).
     md += ["", "## Sample efficiency (Fig. 6)", ""]
@@ -119,7 +212,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
     if tables.has_sweep(eff):
         atomic_write_text(out / "sample_efficiency.csv", tables.rows_csv(eff))
         name = "fig6_sample_efficiency.png"
-        md += [figure(name, plots.plot_sample_efficiency(eff, out / name)), "CSV: "
+        md += [_figure(figures, name, plots.plot_sample_efficiency(eff, out / name)), "CSV: "
                "[sample_efficiency.csv](sample_efficiency.csv)", ""]
         shown["sample_efficiency"] = True
     else:
@@ -148,13 +241,16 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
 
     # Filter statistics per style.
     md += ["", "## Quality filter per task and style", ""]
-    any_filter = False
+    # Seeds of a run carry copies of one filtered.jsonl: a table shown once names every run it holds for.
+    same: dict[str, list[tables.RunLogs]] = {}
     for r in runs:
         frows = tables.filter_rows(r)
         if frows:
-            any_filter = True
-            atomic_write_text(out / f"filter_{_slug(r.name)}.csv", tables.rows_csv(frows))
-            md += [f"### {r.name}", "", tables.rows_markdown(frows)]
+            same.setdefault(tables.rows_markdown(frows), []).append(r)
+    for table, holders in same.items():
+        atomic_write_text(out / f"filter_{_slug(holders[0].name)}.csv", tables.rows_csv(tables.filter_rows(holders[0])))
+        md += [f"### {', '.join(r.name for r in holders)}", "", table]
+    any_filter = bool(same)
     lacking = [r for r in runs if not tables.filter_rows(r)]
     if lacking:
         md.append(_missing("filter output (filtered.jsonl / filter_report.json)", "filter", lacking))
