@@ -125,6 +125,12 @@ def test_evaluate_base_students_end_to_end(tmp_path, tiny, monkeypatch, caplog):
         expect = [max(keys, key=lambda k: by[k][q]["logprob"]["mean"]) for q in by[keys[0]]]
         assert ens["picked"][task] == {k: expect.count(k) for k in keys}
     assert "nearest_date" in summary["shortcut_baselines"]["procedural_date"]
+    for st in summary["students"].values():
+        for cell in st["tasks"].values():
+            # Random tiny models never finish an answer line within 10 tokens: all cut, none strict.
+            assert cell["stops"].get("budget", 0) + cell["stops"].get("eos", 0) == cell["n"]
+            assert cell["cut_by_budget"] == cell["stops"].get("budget", 0) / cell["n"]
+            assert cell["no_strict_answer"] == 1.0 and cell["strict"]["accuracy"] == 0.0
     assert json.loads((run_dir / "eval" / "summary.json").read_text())["students"].keys() == set(keys)
     md = (run_dir / "eval" / "summary.md").read_text()
     assert "ensemble:base" in md and "procedural_arith" in md
@@ -136,7 +142,7 @@ def test_evaluate_base_students_end_to_end(tmp_path, tiny, monkeypatch, caplog):
     def no_generation(*a, **k):
         raise AssertionError("regenerated a saved prediction")
 
-    monkeypatch.setattr(gen, "_generate_batch", no_generation)
+    monkeypatch.setattr(gen, "_decode_round", no_generation)
     assert evaluate.run(cfg, run_dir)["students"] == summary["students"]
     monkeypatch.undo()
     # A killed run leaves a torn last line and fewer rows: only the missing question is answered.
@@ -144,9 +150,9 @@ def test_evaluate_base_students_end_to_end(tmp_path, tiny, monkeypatch, caplog):
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
     calls = []
-    real = gen._generate_batch
-    monkeypatch.setattr(gen, "_generate_batch", lambda m, t, prompts, *a: calls.append(len(prompts))
-                        or real(m, t, prompts, *a))
+    real = gen._decode_round
+    monkeypatch.setattr(gen, "_decode_round", lambda m, t, rows, *a: calls.append(len(rows))
+                        or real(m, t, rows, *a))
     again = evaluate.run(cfg, run_dir)
     assert calls == [2]  # the torn 4th row and the missing 5th
     assert again["students"][keys[0]] == summary["students"][keys[0]]  # greedy: the same answer again
@@ -241,3 +247,38 @@ def test_left_padded_batches_match_one_by_one(tiny):
         assert [g.output for g in batched] == [g.output for g in single]
         assert [g.logprob_sum for g in batched] == pytest.approx([g.logprob_sum for g in single], abs=1e-3)
     assert len(lengths) > 1  # the prompts really were padded
+
+
+def test_a_deferred_tail_continues_the_same_text(tiny, monkeypatch):
+    """Rows still writing when most of their batch is done continue later from their own token ids:
+    the outputs equal one uninterrupted batch's, and each row records how it ended."""
+    import qrdistill.evaluation.generation as gen
+    from qrdistill.prompting import student_prompt
+    from qrdistill.tasks import get_task
+
+    task = get_task("procedural_arith")
+    prompts = [student_prompt(task, task.prompt(r)) for r in task.load("test", None, 8)]
+    tokenizer, model = gen.load_tokenizer(tiny[0]), gen.load_causal_lm(tiny[0])
+    monkeypatch.setattr(gen, "DEFER_SHARE", 0.0)
+    whole = gen.generate_greedy(model, tokenizer, prompts, 8, 16, False, progress=False)
+    rounds = []
+    real = gen._decode_round
+    monkeypatch.setattr(gen, "_decode_round", lambda m, t, rows, *a: rounds.append(len(rows)) or real(m, t, rows, *a))
+    monkeypatch.setattr(gen, "DEFER_SHARE", 1.0)  # defer every row after its first token
+    split = gen.generate_greedy(model, tokenizer, prompts, 8, 16, False, progress=False)
+    assert len(rounds) > 1
+    assert [g.output for g in split] == [g.output for g in whole]
+    assert [g.n_tokens for g in split] == [g.n_tokens for g in whole]
+    assert [g.logprob_sum for g in split] == pytest.approx([g.logprob_sum for g in whole], abs=1e-3)
+    assert {g.stop for g in whole} <= set(gen.STOP_REASONS)
+    assert all(g.stop == "budget" for g in whole if g.n_tokens == 16)
+
+
+def test_a_prediction_cut_by_the_budget_is_recorded_as_such(tiny):
+    from qrdistill.evaluation.generation import generate_greedy, load_causal_lm, load_tokenizer
+
+    tokenizer, model = load_tokenizer(tiny[0]), load_causal_lm(tiny[0])
+    # A random tiny model never writes an answer line: every row ends at its budget.
+    gens = generate_greedy(model, tokenizer, ["Question: 2 + 3?\nAnswer:"] * 3, 2, 5, True, progress=False)
+    assert [g.stop for g in gens] == ["budget"] * 3
+    assert all(g.n_tokens <= 5 for g in gens)

@@ -104,6 +104,20 @@ def load_causal_lm(path: str, device: str = "cpu", dtype: Any = None):
     return model
 
 
+#: A batch stops early once this share of its rows or fewer are still writing; those rows carry on in a
+#: later batch of their own (their tokens so far are the new prompt), so one long answer no longer keeps
+#: a whole batch of finished rows decoding until the budget.
+DEFER_SHARE = 0.25
+
+
+@dataclass
+class _Row:
+    prompt_ids: list[int]
+    gen: list[int]
+    logprobs: list[float]
+    budget: int
+
+
 def generate_greedy(
     model: Any,
     tokenizer: Any,
@@ -117,41 +131,63 @@ def generate_greedy(
 ) -> list[Generation]:
     """Greedy continuations of `prompts`, in their order.
 
-    `on_batch(indices, generations)` is called after each batch so callers
-    can save predictions as they come (resume after a kill).
+    Rows are batched longest first (similar lengths share a batch, and an out-of-memory shows
+    at once). When at most `DEFER_SHARE` of a batch is still writing, the batch stops and
+    those rows are deferred: they continue later from their prompt and generated token ids
+    (the same ids, so greedy decoding continues the same text), batched together.
+    `on_batch(indices, generations)` is called as rows finish, so callers can save
+    predictions as they come (resume after a kill).
     """
     from tqdm.auto import tqdm
 
     if not prompts:
         return []
-    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
-    # Longest first: similar lengths share a batch, and an out-of-memory shows at once.
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    rows = {i: _Row(list(tokenizer(p)["input_ids"]), [], [], max_new_tokens) for i, p in enumerate(prompts)}
     results: list[Generation | None] = [None] * len(prompts)
+    queue = sorted(rows, key=lambda i: -len(rows[i].prompt_ids))
     with tqdm(total=len(prompts), desc=desc, unit="q", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            gens = _generate_batch(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, stop_at_answer)
-            for i, g in zip(idx, gens, strict=True):
-                results[i] = g
-            if on_batch is not None:
-                on_batch(idx, gens)
-            bar.update(len(idx))
-            bar.set_postfix(tokens=sum(g.n_tokens for g in gens))
+        while queue:
+            deferred: list[int] = []
+            for start in range(0, len(queue), batch_size):
+                idx = queue[start : start + batch_size]
+                done = _decode_round(model, tokenizer, [rows[i] for i in idx], stop_at_answer)
+                finished = [(i, g) for i, g in zip(idx, done, strict=True) if g is not None]
+                deferred += [i for i, g in zip(idx, done, strict=True) if g is None]
+                for i, g in finished:
+                    results[i] = g
+                if finished and on_batch is not None:
+                    on_batch([i for i, _ in finished], [g for _, g in finished])
+                bar.update(len(finished))
+                if finished:
+                    bar.set_postfix(tokens=sum(g.n_tokens for _, g in finished))
+            queue = sorted(deferred, key=lambda i: -(len(rows[i].prompt_ids) + len(rows[i].gen)))
     return [r for r in results if r is not None]
 
 
-def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_at_answer: bool):
+def _decode_round(model, tokenizer, rows: list[_Row], stop_at_answer: bool) -> list[Generation | None]:
+    """Decode a batch until each row ends or the batch defers its tail -> a Generation per ended row, else None.
+
+    Each row's input is its prompt ids followed by the ids it has generated so far (left-padded);
+    its new tokens and their log-probabilities are appended to the row.
+    """
     import torch
     from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
     device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-    prompt_len = enc["input_ids"].shape[1]
+    pad = tokenizer.pad_token_id
+    inputs = [r.prompt_ids + r.gen for r in rows]
+    width = max(len(x) for x in inputs)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, x in enumerate(inputs):
+        input_ids[b, width - len(x):] = torch.tensor(x, dtype=torch.long)
+        attention[b, width - len(x):] = 1
     eos = tokenizer.eos_token_id
+    budget = max(r.budget - len(r.gen) for r in rows)
     step_logprobs: list[torch.Tensor] = []
-    stopped_at = [None] * len(prompts)
-    why: list[str | None] = [None] * len(prompts)
+    stopped_at: list[int | None] = [None] * len(rows)
+    why: list[str | None] = [None] * len(rows)
+    deferred = [False] * len(rows)
 
     class RecordLogprob(LogitsProcessor):
         # The only processor in a plain greedy config, so `scores` are the raw logits.
@@ -159,58 +195,76 @@ def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, s
             step_logprobs.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values.cpu())
             return scores
 
-    class AnswerComplete(StoppingCriteria):
+    class RowEnds(StoppingCriteria):
+        """Per row: answer complete, EOS or its own budget; for the batch: defer a small tail."""
+
         def __call__(self, input_ids, scores, **kwargs):
-            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            if not stop_at_answer:
-                return done
-            n_gen = input_ids.shape[1] - prompt_len
-            for b in range(input_ids.shape[0]):
+            n_gen = input_ids.shape[1] - width
+            active = []
+            for b, row in enumerate(rows):
                 if stopped_at[b] is not None:
-                    done[b] = True
                     continue
-                text = tokenizer.decode(input_ids[b, prompt_len:], skip_special_tokens=True)
-                found = stop_reason(text)
-                if found is not None:
+                new = input_ids[b, width:].tolist()
+                if eos is not None and eos in new:
+                    stopped_at[b], why[b] = new.index(eos), "eos"
+                    continue
+                if stop_at_answer:
+                    found = stop_reason(tokenizer.decode(row.gen + new, skip_special_tokens=True))
+                    if found is not None:
+                        stopped_at[b], why[b] = n_gen, found[1]
+                        continue
+                if len(row.gen) + n_gen >= row.budget:
+                    stopped_at[b], why[b] = n_gen, "budget"
+                    continue
+                active.append(b)
+            if active and len(rows) > 1 and len(active) <= DEFER_SHARE * len(rows):
+                for b in active:
+                    deferred[b] = True
                     stopped_at[b] = n_gen
-                    why[b] = found[1]
-                    done[b] = True
+                active = []
+            done = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for b in active:
+                done[b] = False
             return done
 
     gen_cfg = GenerationConfig(
         do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=budget,
+        pad_token_id=pad,
         eos_token_id=eos,
         bos_token_id=tokenizer.bos_token_id,
     )
     with torch.no_grad():
         out = model.generate(
-            **enc,
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
             generation_config=gen_cfg,
             logits_processor=LogitsProcessorList([RecordLogprob()]),
-            stopping_criteria=[AnswerComplete()],
+            stopping_criteria=[RowEnds()],
         )
-    gen = out[:, prompt_len:].cpu()
-    lp = torch.stack(step_logprobs, dim=1) if step_logprobs else torch.zeros(len(prompts), 0)
-    results = []
-    for b in range(len(prompts)):
-        ids = gen[b].tolist()
-        n = len(ids)
-        stop = "budget"
-        if eos is not None and eos in ids:
+    new_ids = out[:, width:].cpu()
+    lp = torch.stack(step_logprobs, dim=1) if step_logprobs else torch.zeros(len(rows), 0)
+    results: list[Generation | None] = []
+    for b, row in enumerate(rows):
+        ids = new_ids[b].tolist()
+        n = len(ids) if stopped_at[b] is None else min(stopped_at[b], len(ids))
+        stop = why[b] or "budget"
+        if eos is not None and eos in ids[:n]:
             n, stop = ids.index(eos), "eos"
-        if stopped_at[b] is not None and stopped_at[b] <= n:
-            n, stop = stopped_at[b], why[b]
-        elif stop == "budget" and stop_at_answer:
-            # The criterion is checked after each step; the last token may complete an answer too.
-            found = stop_reason(tokenizer.decode(ids[:n], skip_special_tokens=True))
+        row.gen += ids[:n]
+        row.logprobs += lp[b, :n].tolist()
+        if deferred[b] and stop != "eos":
+            results.append(None)
+            continue
+        if stop == "budget" and stop_at_answer:
+            # The criterion runs after each step; the last token may complete an answer too.
+            found = stop_reason(tokenizer.decode(row.gen, skip_special_tokens=True))
             if found is not None:
                 stop = found[1]
-        raw = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        raw = tokenizer.decode(row.gen, skip_special_tokens=True)
         kept = cut_output(raw, stop_at_answer)
-        n_kept = _tokens_covering(tokenizer, ids[:n], raw, kept)
-        total = float(lp[b, :n_kept].sum()) if n_kept else 0.0
+        n_kept = _tokens_covering(tokenizer, row.gen, raw, kept)
+        total = float(sum(row.logprobs[:n_kept])) if n_kept else 0.0
         results.append(Generation(kept, n_kept, total, total / n_kept if n_kept else None, stop))
     return results
 
