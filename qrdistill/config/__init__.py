@@ -21,6 +21,28 @@ from qrdistill.config.train import TrainConfig
 from qrdistill.errors import ConfigError
 
 
+#: The built-in offline demo's size (README's first command): training questions per task (difficulty 1-2),
+#: and test questions per task. Sized so that `qrdistill run` finishes in about half an hour on 2 CPU
+#: cores; benchmarks/bench_demo.py measures it.
+DEMO_TRAIN = {"procedural_date": 48, "procedural_arith": 24}
+DEMO_EVAL = {"procedural_date": 60, "procedural_arith": 30}
+
+
+def demo_evaluate() -> EvaluateConfig:
+    """The demo's evaluation: a sample of each procedural test split at the training difficulty levels.
+
+    Base models get a 128-token budget: the bundled base model (Gemma-3-270M) never ends an answer
+    on its own and would otherwise decode every question to the budget (summary.json reports the
+    share cut); trained students get 1.25 x their training responses' p99 (max_new_tokens: auto).
+    """
+    from qrdistill.config.evaluate import EvalTaskSpec
+
+    return EvaluateConfig(
+        tasks=[EvalTaskSpec(name=n, split="test", limit=k, difficulty=[1, 2]) for n, k in DEMO_EVAL.items()],
+        batch_size=16, base_max_new_tokens=128,
+    )
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,19 +54,18 @@ class RunConfig(BaseModel):
     )
     tasks: list[TaskSpec] = Field(
         default_factory=lambda: [
-            TaskSpec(name="procedural_date", split="train", limit=24),
-            TaskSpec(name="procedural_arith", split="train", limit=24),
+            TaskSpec(name="procedural_date", split="train", limit=DEMO_TRAIN["procedural_date"], difficulty=[1, 2]),
+            TaskSpec(name="procedural_arith", split="train", limit=DEMO_TRAIN["procedural_arith"], difficulty=[1, 2]),
         ],
         description="Tasks whose training questions the teacher answers.",
     )
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    # The offline demo evaluates a sample of each procedural test split so that `qrdistill run`
-    # finishes in minutes on a CPU; a config with its own `evaluate` section gets the full split.
     evaluate: EvaluateConfig = Field(
-        default_factory=lambda: EvaluateConfig(limit=24, max_new_tokens=128),
-        description="Evaluation; when the section is absent, the demo's 24 test questions per task.",
+        default_factory=EvaluateConfig,
+        description="Evaluation; when the section is absent from a config, the test split of every task. The "
+        "built-in demo (no config) evaluates a fixed sample of each procedural test split instead (DEMO_EVAL).",
     )
     stages: list[Literal["generate", "filter", "train", "evaluate", "analyze"]] = Field(
         default_factory=lambda: ["generate", "filter", "train", "evaluate", "analyze"],
@@ -137,6 +158,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: a config must be a YAML mapping of sections")
+    if path is None:
+        # The built-in demo: its own evaluation sample, which --set evaluate.* fields refine.
+        data["evaluate"] = demo_evaluate().model_dump(mode="json", exclude_unset=True)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     try:

@@ -183,11 +183,13 @@ class TrainConfig(BaseModel):
     )
     single_student: bool = Field(False, description="Train exactly one student (no router, no collaboration).")
     students: list[StudentConfig] = Field(
+        # Two different real models, as in the paper (Mistral-7B and Gemma-7B there): Gemma-3-270M base
+        # (640 wide, 262k-token vocabulary) and SmolLM2-135M-Instruct (Llama, 576 wide, 49k tokens).
         default_factory=lambda: [
-            StudentConfig(name="gemma-a", model="gemma3-270m", lr=3.0e-4,
+            StudentConfig(name="gemma", model="gemma3-270m", lr=1.0e-3,
                           lora=LoraConfig(r=16, alpha=32, target_modules="all-linear")),
-            StudentConfig(name="gemma-b", model="gemma3-270m", lr=3.0e-4,
-                          lora=LoraConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"])),
+            StudentConfig(name="smollm2", model="smollm2-135m", lr=1.0e-3,
+                          lora=LoraConfig(r=16, alpha=32, target_modules="all-linear")),
         ],
         description="S >= 2 students (any causal LMs, possibly different architectures and tokenizers).",
     )
@@ -231,7 +233,7 @@ class TrainConfig(BaseModel):
     )
     max_length_cap: PositiveInt = Field(2048, ge=16, description="Upper bound of max_length: auto.")
     answer_weight: float = Field(
-        1.0, ge=0, le=1000, description="Loss weight of the final-answer line's tokens relative to the rest."
+        5.0, ge=0, le=1000, description="Loss weight of the final-answer line's tokens relative to the rest."
     )
     data_fraction: float = Field(
         1.0, gt=0, le=1, description="Fraction of training QUESTIONS kept (seeded), for the sample-efficiency sweep."

@@ -453,7 +453,7 @@ class Trainer:
         entropy = assignment_entropy(alpha_g, qindex)
         load = load_entropy(alpha_g)
         if self.mode != "learned":
-            return 0.0, float(entropy), float(load)
+            return 0.0, entropy.item(), load.item()
         alpha = torch.cat([m.alpha_local for m in micros])
         if self.tc.router.signal == "relative":
             adv = self.signal.advantage(torch.cat([m.router_losses for m in micros]),
@@ -463,7 +463,7 @@ class Trainer:
         fit = routing_fit_term(alpha, adv.to(alpha.device))
         objective = fit - self.tc.lambda_entropy * entropy - self.tc.lambda_load * load
         self.acc.backward(objective)
-        return float(fit), float(entropy), float(load)
+        return fit.item(), entropy.item(), load.item()
 
     def accumulate(self, epoch: int, micro: int, step: int) -> StepResult:
         """Forward and backward of one optimizer step from data position (epoch, micro), after `step` steps.
