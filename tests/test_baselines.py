@@ -21,7 +21,7 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
 #: rows a tiny run reproduces; date_openai needs a paid teacher (its config is checked for validity below).
 ROWS = [c for c in CONFIGS if c != "date_openai"]
 #: student name in the configs -> tiny model (two architectures, two tokenizers)
-TINY_FOR = {"gemma-a": 0, "gemma-b": 1}
+TINY_FOR = {"gemma": 0, "smollm2": 1, "gemma-a": 0, "gemma-b": 1}
 LORA = [{"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, {"r": 2, "alpha": 4, "target_modules": ["c_attn"]}]
 
 
@@ -41,6 +41,8 @@ def tiny_overrides(name: str, tiny: list[str], run_dir: Path) -> dict:
                 for s in cfg.train.students]
     return {
         "run_dir": str(run_dir),
+        # One training seed here; test_seeds_run_once_each_and_analyze_pools_them runs several.
+        "seeds": None,
         "tasks": [{"name": "procedural_date", "limit": 3}, {"name": "procedural_arith", "limit": 3}],
         "train.students": students,
         "train.router.encoder": tiny[0],
@@ -111,7 +113,8 @@ def test_every_shipped_config_is_valid():
     assert set(ROWS) >= {
         "zero_shot", "skd", "step_by_step", "answer_aug", "qrdistill", "ablation_no_filter", "ablation_no_router",
         "ablation_no_collab", "ablation_frozen_peer", "sample_efficiency_10", "sample_efficiency_30",
-        "sample_efficiency_50", "sample_efficiency_100",
+        "sample_efficiency_50", "sample_efficiency_100", "all_paths_sft", "ablation_random_router",
+        "qrdistill_same_base", "separate_gemma", "separate_smollm2",
     }
     run_dirs = set()
     for name in CONFIGS:
@@ -121,3 +124,31 @@ def test_every_shipped_config_is_valid():
     assert len(run_dirs) == len(CONFIGS)
     real = load_config(ROOT / "configs" / "date_openai.yaml")
     assert real.generate.teacher.kind == "openai" and real.tasks[0].name == "date"
+
+
+def test_seeds_run_once_each_and_analyze_pools_them(tiny, tmp_path):
+    """`seeds: [0, 1]`: data generated once, one complete run directory per seed, base predictions reused,
+    and the report averages the seeds."""
+    from qrdistill.cli import main
+
+    run_dir = tmp_path / "seeded"
+    overrides = {**tiny_overrides("qrdistill", tiny, run_dir), "seeds": [0, 1], "evaluate.students": "all"}
+    sets = []
+    for key, value in overrides.items():
+        sets += ["--set", f"{key}={json.dumps(value)}"]
+    assert main(["run", "--config", str(ROOT / "configs" / "qrdistill.yaml"), *sets]) == 0
+    assert (run_dir / "paths.jsonl").exists() and not (run_dir / "train").exists()
+    seeds = []
+    for s in (0, 1):
+        sub = run_dir / f"seed-{s}"
+        assert (sub / "filtered.jsonl").read_bytes() == (run_dir / "filtered.jsonl").read_bytes()
+        train = json.loads((sub / "train" / "summary.json").read_text())
+        seeds.append(train["seed"])
+        assert json.loads((sub / "eval" / "summary.json").read_text())["students"]
+    assert seeds == [0, 1]
+    # Greedy base predictions are the same for both seeds; different seeds train different adapters.
+    base = sorted((run_dir / "seed-0" / "eval").glob("base_*/*.jsonl"))
+    assert base and all((run_dir / "seed-1" / "eval" / p.parent.name / p.name).read_text() == p.read_text()
+                        for p in base)
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "seeds 0, 1" in report and "±" in report

@@ -1,4 +1,4 @@
-"""Real models: two Gemma-3-270M students (one shared base, different LoRA) + the MiniLM router."""
+"""Real models: the default students (Gemma-3-270M + SmolLM2-135M), a same-base Gemma pair, the MiniLM router."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_two_gemma_students_learn_and_adapters_reload(tmp_path, gemma_path, mini
             {"name": "gemma-b", "model": "gemma3-270m", "lr": 1.0e-3,
              "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}},
         ],
-        "max_length": 128, "batch_size": 4, "epochs": 1, "warmup_ratio": 0.0,
+        "batch_size": 4, "epochs": 1, "warmup_ratio": 0.0,
     }})
     assert cfg.train.router.encoder == "minilm" and cfg.train.router.enabled
     summary = train_stage.run(cfg, run_dir)
@@ -59,7 +59,7 @@ def test_two_gemma_students_learn_and_adapters_reload(tmp_path, gemma_path, mini
     assert all(r["mutual"] >= 0 for r in log) and (run_dir / "train" / "router.pt").exists()
 
     tok = AutoTokenizer.from_pretrained(gemma_path)
-    # The paths each student trained on (truncated like training, to keep this quick).
+    # The paths each student trained on (their first 200 characters, to keep this quick).
     for name in ("gemma-a", "gemma-b"):
         trained = [r["path_key"] for r in rows if r["alpha"][0 if name == "gemma-a" else 1]][:3]
         by_key = {it.key: it for it in items}
@@ -72,3 +72,34 @@ def test_two_gemma_students_learn_and_adapters_reload(tmp_path, gemma_path, mini
         after = _response_nll(model, tok, prompts, responses)
         assert after < before - 0.05, (name, before, after)
         del base, model
+
+
+def test_default_students_train_whole_pairs_and_record_it(tmp_path, gemma_path, minilm_path):
+    """The default config's two different students for a few steps: train/summary.json says what each
+    tokenizer made of the data (max_length from the data, nothing cut), the router logs its final P(route),
+    and the mutual term ran across the two tokenizers."""
+    from qrdistill.config import load_config
+    from qrdistill.stages import train as train_stage
+    from qrdistill.train.data import build_items, load_kept
+
+    paths = make_filtered(tmp_path / "paths", limit=3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(paths, run_dir / "filtered.jsonl")
+    items = build_items(load_kept(paths), "qrdistill")
+    cfg = load_config(None, {"run_dir": str(run_dir), "train.max_steps": 3, "train.router.peer_forward": True})
+    assert [s.model for s in cfg.train.students] == ["gemma3-270m", "smollm2-135m"]
+    summary = train_stage.run(cfg, run_dir)
+    lengths = summary["sequence_lengths"]
+    assert set(lengths) == {"gemma", "smollm2"}
+    for fit in lengths.values():
+        assert fit["prompt_shortened"] == 0 and fit["dropped"] <= 0.01 * len(items)
+        assert fit["longest"] <= fit["max_length"] or fit["dropped"] > 0
+        assert fit["response_tokens_p99"] > 0 and fit["max_length"] % 8 == 0
+    assert summary["items_dropped"] == len(items) - summary["paths"]
+    final = [json.loads(x) for x in (run_dir / "train" / "routing_final.jsonl").read_text().splitlines()]
+    assert len(final) == summary["paths"] and all(len(r["probs"]) == 2 for r in final)
+    log = [json.loads(x) for x in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
+    # peer_forward: every path compares the two students, so the router learns from every path.
+    assert [r["router_compared_paths"] for r in log] == [4, 4, 4]
+    assert summary["router_mode"] == "learned" and summary["steps"] == 3

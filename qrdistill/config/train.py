@@ -117,6 +117,9 @@ class RouterConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _enabled_alias(cls, data):
+        if isinstance(data, dict) and data.get("mode") is False:
+            # YAML 1.1 reads an unquoted `mode: off` as false.
+            data = {**data, "mode": "off"}
         if isinstance(data, dict) and "enabled" in data:
             data = dict(data)
             enabled = data.pop("enabled")

@@ -131,6 +131,7 @@ class StepResult:
     entropy: float = 0.0
     load: float = 0.0
     fit: float = 0.0
+    compared: int = 0
     next_micro: int = 0
     routing_rows: list[dict[str, Any]] = field(default_factory=list)
     local_rows: list[tuple] = field(default_factory=list)
@@ -437,8 +438,13 @@ class Trainer:
         )
         return res
 
-    def _router_step(self, micros: list[MicroResult]) -> tuple[float, float, float]:
-        """The router's objective over the step's micro-batches, backpropagated; -> (fit, H, load) values."""
+    def _router_step(self, micros: list[MicroResult]) -> tuple[float, float, float, int]:
+        """The router's objective over the step's micro-batches, backpropagated.
+
+        -> (fit, H, load, compared): `compared` counts the paths that gave the router a comparison
+        (relative signal: two or more students observed; own_mean: routed paths). With two students
+        the fit's value is ~0 by construction (A_j1 = -A_j0 on a compared path); its gradient is not.
+        """
         import torch
 
         from qrdistill.train.losses import (
@@ -453,17 +459,20 @@ class Trainer:
         entropy = assignment_entropy(alpha_g, qindex)
         load = load_entropy(alpha_g)
         if self.mode != "learned":
-            return 0.0, entropy.item(), load.item()
+            return 0.0, entropy.item(), load.item(), 0
         alpha = torch.cat([m.alpha_local for m in micros])
         if self.tc.router.signal == "relative":
-            adv = self.signal.advantage(torch.cat([m.router_losses for m in micros]),
-                                        torch.cat([m.observed for m in micros]))
+            observed = torch.cat([m.observed for m in micros])
+            adv = self.signal.advantage(torch.cat([m.router_losses for m in micros]), observed)
+            compared = int((observed.sum(dim=1) >= 2).sum())
         else:
-            adv = own_mean_advantage(torch.cat([m.path_losses for m in micros]), torch.cat([m.routed for m in micros]))
+            routed = torch.cat([m.routed for m in micros])
+            adv = own_mean_advantage(torch.cat([m.path_losses for m in micros]), routed)
+            compared = int(routed.any(dim=1).sum())
         fit = routing_fit_term(alpha, adv.to(alpha.device))
         objective = fit - self.tc.lambda_entropy * entropy - self.tc.lambda_load * load
         self.acc.backward(objective)
-        return fit.item(), entropy.item(), load.item()
+        return fit.item(), entropy.item(), load.item(), compared
 
     def accumulate(self, epoch: int, micro: int, step: int) -> StepResult:
         """Forward and backward of one optimizer step from data position (epoch, micro), after `step` steps.
@@ -477,9 +486,9 @@ class Trainer:
             else tc.router.tau
         micros = self.schedule.step_micros(micro)
         results = [self._micro(epoch, m, len(micros), tau, step + 1) for m in micros]
-        fit, entropy, load = self._router_step(results)
+        fit, entropy, load, compared = self._router_step(results)
         return StepResult(
-            stats=[r.stats for r in results], tau=tau, entropy=entropy, load=load, fit=fit,
+            stats=[r.stats for r in results], tau=tau, entropy=entropy, load=load, fit=fit, compared=compared,
             next_micro=micros[-1] + 1,
             routing_rows=[row for r in results for row in r.routing_rows],
             local_rows=[row for r in results for row in r.local_rows],
@@ -795,6 +804,7 @@ class Trainer:
         row["entropy"] = result.entropy
         row["load"] = result.load
         row["router_fit"] = result.fit
+        row["router_compared_paths"] = result.compared
         row["mutual"] = mutual
         row["co_routed_paths"] = int(co)
         for name, r in zip(self.names, rates, strict=True):
