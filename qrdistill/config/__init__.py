@@ -20,7 +20,6 @@ from qrdistill.config.generate import GenerateConfig, TaskSpec
 from qrdistill.config.train import TrainConfig
 from qrdistill.errors import ConfigError
 
-
 #: The built-in offline demo's size (README's first command): training questions per task (difficulty 1-2),
 #: and test questions per task. Sized so that `qrdistill run` finishes in about half an hour on 2 CPU
 #: cores; benchmarks/bench_demo.py measures it.
