@@ -73,7 +73,11 @@ def test_config_runs_end_to_end_and_writes_its_row(name, tiny, runs_root, tmp_pa
     else:
         train = json.loads((run_dir / "train" / "summary.json").read_text())
         assert train["method"] == summary["method"] == cfg.train.method
-        assert set(summary["students"]) == set(cfg.train.student_names)
+        names = set(cfg.train.student_names)
+        if cfg.train.method == "step_by_step":
+            # Evaluated with both prefixes: the rationale one (the student's name) and the label one.
+            names |= {f"{n}@label" for n in names}
+        assert set(summary["students"]) == names
         assert all(s["kind"] == "trained" for s in summary["students"].values())
         meta = json.loads((run_dir / "meta" / "train.json").read_text())["config"]["train"]
         # The switch the row is about reached the train stage.

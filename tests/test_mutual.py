@@ -330,8 +330,8 @@ def test_identical_students_start_with_zero_mutual_loss_only_with_shared_init(tm
     from tests.tiny_models import make_tiny_students
 
     paths = make_tiny_students(tmp_path)
-    students = load_students([{"name": "a", "model": paths[0], "lora": {"r": 4, "dropout": 0.0}},
-                              {"name": "b", "model": paths[0], "lora": {"r": 2, "dropout": 0.0}}])
+    students = load_students([{"name": "first", "model": paths[0], "lora": {"r": 4, "dropout": 0.0}},
+                              {"name": "second", "model": paths[0], "lora": {"r": 2, "dropout": 0.0}}])
     prompts = ["Question: Jane has 12 apples and buys 30 more. How many?\n", "Q: 7 * 8 - 6?\n"]
     responses = ["She has 12 + 30 = 42 apples. The answer is 42.", "First, 7 * 8 = 56. Then 56 - 6 = 50."]
     batches = [s.encode(prompts, responses, max_length=256) for s in students]

@@ -38,7 +38,7 @@ def demo_evaluate() -> EvaluateConfig:
 
     return EvaluateConfig(
         tasks=[EvalTaskSpec(name=n, split="test", limit=k, difficulty=[1, 2]) for n, k in DEMO_EVAL.items()],
-        batch_size=16, base_max_new_tokens=128,
+        batch_size=64, base_max_new_tokens=128,
     )
 
 
