@@ -12,6 +12,8 @@ directory as a subprocess, exactly as a user would, and reads what it wrote:
   (train/routing_final.jsonl), beside what the default's targets ask for.
 
     python benchmarks/bench_demo.py [--run-dir /tmp/qrdistill-demo] [--out benchmarks/results/demo.json]
+    python benchmarks/bench_demo.py --existing runs/default --log run.log --wall-seconds S
+        (summarise a run already made, e.g. README's command 1 in a clean clone, from its log)
 
 The Gemma and SmolLM2 copies are dequantized once into the user cache; pass
 --cold to time that too (the cache is moved aside for the run and restored).
@@ -79,8 +81,16 @@ def main() -> int:
     ap.add_argument("--run-dir", default="/tmp/qrdistill-demo")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo.json"))
     ap.add_argument("--cold", action="store_true", help="include dequantizing the bundled models")
+    ap.add_argument("--existing", help="summarise this finished run directory instead of running")
+    ap.add_argument("--log", help="with --existing: the run's captured stderr (for stage times)")
+    ap.add_argument("--wall-seconds", type=float, help="with --existing: the command's measured wall time")
     args = ap.parse_args()
 
+    if args.existing:
+        run_dir = Path(args.existing)
+        log_text = Path(args.log).read_text() if args.log else ""
+        return report(run_dir, log_text, args.wall_seconds, args.cold, Path(args.out),
+                      "README command 1 in a clean clone (summarised with --existing)")
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     env = dict(os.environ)
@@ -110,7 +120,11 @@ def main() -> int:
         print(proc.stderr[-3000:], file=sys.stderr)
         print(f"qrdistill run failed (exit {proc.returncode}) after {wall:.0f}s", file=sys.stderr)
         return 1
+    return report(run_dir, proc.stderr, wall, args.cold, Path(args.out),
+                  "qrdistill run  (built-in default, no --config)")
 
+
+def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Path, command: str) -> int:
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     train = json.loads((run_dir / "train" / "summary.json").read_text())
     gains = []
@@ -128,21 +142,20 @@ def main() -> int:
             "cut_by_budget": st.get("cut_by_budget"),
         })
     result = {
-        "command": "qrdistill run  (built-in default, no --config)",
+        "command": command,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "cold_model_cache": args.cold,
+        "cold_model_cache": cold,
         "wall_seconds": wall,
-        "stage_seconds": stage_times(proc.stderr),
+        "stage_seconds": stage_times(log_text),
         "train": {"steps": train["steps"], "paths": train["paths"], "total_time": train["total_time"],
                   "sequence_lengths": train.get("sequence_lengths"), "routing_rate": train.get("routing_rate")},
         "gains": gains,
         "shortcut_baselines": summary.get("shortcut_baselines"),
         "route_spread": route_spread(run_dir),
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"qrdistill run: {wall / 60:.1f} min  (" + ", ".join(f"{k} {v:.0f}s" for k, v in
+    print(f"qrdistill run: {(wall or 0) / 60:.1f} min  (" + ", ".join(f"{k} {v:.0f}s" for k, v in
                                                           result["stage_seconds"].items()) + ")")
     for g in gains:
         print(f"  {g['student']:<16} {g['task']:<18} {100 * g['accuracy']:5.1f}% vs base {100 * g['base_accuracy']:5.1f}%"

@@ -218,8 +218,14 @@ def test_report_has_every_plot_and_table(tmp_path):
     assert {ax["ylabel"] for ax in fig4["axes"] if ax["title"]} == {"mean P(route)"}
     assert "| procedural_date | cot | stu-a | 10 | 0.90 | 0.90 | 0.90 |" in report
     # The spread across styles: stu-a 0.9 - 0.2, stu-b indifferent.
-    assert "| procedural_date | stu-a | 3 | 0.700 | 0.700 | 0.700 | cot | program |" in report
-    assert "| procedural_date | stu-b | 3 | 0.000 | 0.000 | 0.000 | – | – |" in report
+    row_a = next(x for x in report.splitlines() if x.startswith("| procedural_date | stu-a | 3 | 0.700 |"))
+    assert row_a.startswith("| procedural_date | stu-a | 3 | 0.700 | 0.700 | 0.700 |")
+    assert row_a.endswith("| cot | program |")
+    # The shuffled-style null of a constant-per-style router is far below its spread.
+    null_p95, p_value = (float(x) for x in row_a.split("|")[7:9])
+    assert null_p95 < 0.7 and p_value < 0.05
+    # No spread at all: the null is 0 too, and every shuffle is "as spread" (p = 1).
+    assert "| procedural_date | stu-b | 3 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 | – | – |" in report
     assert (out / "results.csv").read_text().startswith("model,method,variant,run,student,procedural_date_accuracy")
     # Table 3: joint run 11 s/epoch vs 8 + 9 s separately.
     assert "0.65" in report
@@ -381,7 +387,7 @@ def test_random_router_report_shows_zero_spread(tmp_path):
     report = Path(analyze.run([d], tmp_path / "o")["report"]).read_text()
     spread = report.split("### rnd: spread across styles")[1].split("###")[0]
     rows = [x for x in spread.splitlines() if x.startswith("| procedural")]
-    assert len(rows) == 4 and all("| 3 | 0.000 | 0.000 | 0.000 | – | – |" in x for x in rows)
+    assert len(rows) == 4 and all("| 3 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 | – | – |" in x for x in rows)
     assert "| QR-Distill (random router) |" in report
 
 

@@ -351,7 +351,8 @@ def test_letter_text_conflict_is_flagged_and_the_text_wins():
     # (E) is 09/01/2028; 08/29/2028 is option (B).
     text = "The answer is (E) 08/29/2028."
     got = MultipleChoiceTask().score(text, mc("B", CONFLICT_DATES))
-    assert got == AnswerScore(pred="B", correct=True, strict_pred="B", strict_correct=True, conflict=True)
+    assert got == AnswerScore(pred="B", correct=True, strict_pred="B", strict_correct=True, conflict=True,
+                               letter_correct=False)
     assert strict_choice(text, CONFLICT_DATES) == "B"
     assert not MultipleChoiceTask().score(text, mc("E", CONFLICT_DATES)).correct
 
@@ -367,7 +368,8 @@ def test_no_conflict_without_a_disagreeing_answer_line(text):
 def test_one_clear_option_without_answer_line_is_flexible_only():
     text = "Yesterday was 04/30/2021, so today is 05/01/2021."
     got = MultipleChoiceTask().score(text, mc("B"))
-    assert got == AnswerScore(pred="B", correct=True, strict_pred=None, strict_correct=False, conflict=False)
+    assert got == AnswerScore(pred="B", correct=True, strict_pred=None, strict_correct=False, conflict=False,
+                              letter_correct=True)
 
 
 def test_unreadable_answer_line_falls_back_to_flexible():
@@ -435,3 +437,19 @@ def test_score_agrees_with_extract_answer_and_is_correct(name):
         assert got.strict_pred is None or got.strict_pred == got.pred, text
         assert got.strict_correct == (got.strict_pred is not None and got.correct), text
         assert not got.conflict or isinstance(task, MultipleChoiceTask), text
+
+
+def test_score_says_what_the_letter_rule_would_have_decided():
+    from qrdistill.tasks import get_task
+    from qrdistill.tasks.base import Record
+
+    task = get_task("procedural_date")
+    rec = Record(id="x", question="q", answer="B", choices=["01/01/2020", "02/02/2020", "03/03/2020"],
+                 meta={"answer_text": "02/02/2020"})
+    text_right = task.score("The answer is (A) 02/02/2020.", rec)
+    assert text_right.correct and text_right.conflict and text_right.letter_correct is False
+    letter_right = task.score("The answer is (B) 01/01/2020.", rec)
+    assert not letter_right.correct and letter_right.letter_correct is True
+    agree = task.score("The answer is (B) 02/02/2020.", rec)
+    assert agree.correct and not agree.conflict and agree.letter_correct is True
+    assert get_task("procedural_arith").score("The answer is 5.", Record("y", "q", "5")).letter_correct is None

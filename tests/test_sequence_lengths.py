@@ -69,3 +69,18 @@ def test_default_data_keeps_every_prompt_token_with_the_real_tokenizers(tmp_path
         assert int(batch.response_mask[row].sum()) == len(r_ids)
     # The question sentence itself is in what the student reads.
     assert items[kept[0]].prompt.split("\n")[0] in tok.decode(batch.input_ids[0])
+
+
+def test_auto_keeps_the_union_of_drops_within_one_percent():
+    """Each student's p99 may drop a different 1%; together that would be 1.5% and an error. auto
+    raises the quantile until the pairs dropped by any student are at most 1% together."""
+    from qrdistill.train.data import fit_students
+
+    keys = [f"k{i}" for i in range(200)]
+    a = [(100, 50)] * 198 + [(100, 300)] * 2  # student a: k198, k199 long
+    b = [(100, 50)] * 196 + [(100, 300)] * 2 + [(100, 50)] * 2  # student b: k196, k197 long
+    with pytest.raises(DataError, match="4 of 200"):
+        # Each student alone drops its 2 (1%: its p99 covers 198 of 200); the union is 4 (2%).
+        check_drops(200, {"a": fit_to_length(a, keys, "auto", 2048), "b": fit_to_length(b, keys, "auto", 2048)})
+    fits = fit_students({"a": a, "b": b}, keys, "auto", {"a": 2048, "b": 2048})
+    assert len(check_drops(200, fits)) <= 2

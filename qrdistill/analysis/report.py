@@ -122,7 +122,7 @@ def routing_section(runs: list[tables.RunLogs], out: Path, settings: dict[str, A
     if unrouted:
         md.append(f"_Trained without a router (every path to every student): {', '.join(unrouted)}._\n")
     fmt2 = {k: (lambda x: f"{x:.2f}") for k in ("mean", "ci_low", "ci_high", "rate")}
-    fmt3 = {k: (lambda x: f"{x:.3f}") for k in ("spread", "ci_low", "ci_high")}
+    fmt3 = {k: (lambda x: f"{x:.3f}") for k in ("spread", "ci_low", "ci_high", "null_p95", "p_value")}
     fmt3.update({k: (lambda x: "–" if x is None else str(x)) for k in ("top_style", "bottom_style")})
     shown = False
     for group in tables.seed_groups(runs):
@@ -163,13 +163,16 @@ def routing_section(runs: list[tables.RunLogs], out: Path, settings: dict[str, A
         md += [f"### {name}: spread across styles", "",
                f"Spread = max − min over styles of a student's mean P(route) on a task, with a {conf}% bootstrap "
                "interval (paths resampled within each style): how strongly the router tells styles apart for "
-               "that student; a random router gives exactly 0 [0, 0].", "", tables.rows_markdown(spread, fmt3)]
+               "that student; a random router gives exactly 0 [0, 0]. Max − min grows with noise too, so "
+               "null_p95 and p_value compare it with the same P(route) values under shuffled style labels.",
+               "", tables.rows_markdown(spread, fmt3)]
         usage = [{"seed": r.seed, **u} if several else u
-                 for r in routed for u in tables.selection_rates(r.routing or [], ())]
+                 for r in routed for u in tables.selection_rates(r.routing or [], (), epoch="all")]
         if usage:
             atomic_write_text(out / f"routing_usage_{slug}.csv", tables.rows_csv(usage))
             md += [f"### {name}: usage", "",
-                   "Share of paths routed to each student (hard samples of the last epoch, train/routing.jsonl).",
+                   "Share of routing decisions that sent a path to each student, over the whole run (hard "
+                   "samples, train/routing.jsonl).",
                    "", tables.rows_markdown(usage, fmt2)]
     lacking = [r for r in runs if not r.routing and r.train_summary is None and r.method != "zero_shot"]
     if lacking:

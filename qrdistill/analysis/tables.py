@@ -572,10 +572,13 @@ def comparisons_csv(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- routing (Fig. 4, Fig. 5)
 
 
-def routing_epoch_rows(routing: list[dict[str, Any]], epoch: int | None = None) -> list[dict[str, Any]]:
-    """The rows of one epoch (default: the last), one per path (its last decision in that epoch)."""
+def routing_epoch_rows(routing: list[dict[str, Any]], epoch: int | str | None = None) -> list[dict[str, Any]]:
+    """The rows of one epoch (default: the last), one per path (its last decision in that epoch);
+    `epoch="all"`: every decision of the run."""
     if not routing:
         return []
+    if epoch == "all":
+        return list(routing)
     epoch = max(int(r["epoch"]) for r in routing) if epoch is None else epoch
     last: dict[Any, dict[str, Any]] = {}
     for i, r in enumerate(routing):
@@ -641,11 +644,14 @@ def route_spread(
     of the style's mean P(route), with a bootstrap interval (paths resampled within each style).
 
     A router that ignores the path, e.g. the random one (every P = 1/2),
-    gives exactly 0 [0, 0]; anything the router learned about styles shows
-    as a positive spread. Max - min is biased upwards for small styles
-    (noise alone spreads the means), so read it against the random control.
-    Rows {**group, student, styles, spread, ci_low, ci_high, top_style,
-    bottom_style}; the top and bottom styles are None when the spread is 0.
+    gives exactly 0 [0, 0]. Max - min is biased upwards: a router whose
+    P(route) varies from path to path for reasons unrelated to style spreads
+    the style means too. So the spread is also compared with its permutation
+    null: the same paths' P(route) with the style labels shuffled (`null_p95`,
+    the null's 95th percentile, and `p_value`, the share of shuffles at least
+    as spread, counting the observed one). Rows {**group, student, styles,
+    spread, ci_low, ci_high, null_p95, p_value, top_style, bottom_style}; the
+    top and bottom styles are None when the spread is 0.
     """
     import numpy as np
 
@@ -663,15 +669,24 @@ def route_spread(
             boot = np.stack([p[rng.integers(0, p.size, size=(n_resamples, p.size))].mean(axis=1) for p in probs])
             lo, hi = np.quantile(boot.max(axis=0) - boot.min(axis=0), [alpha, 1.0 - alpha])
             spread = float(means.max() - means.min())
+            pooled = np.concatenate(probs)
+            cuts = np.cumsum([p.size for p in probs])[:-1]
+            null = np.empty(n_resamples)
+            for b in range(n_resamples):
+                shuffled = np.split(rng.permutation(pooled), cuts)
+                m = np.array([x.mean() for x in shuffled])
+                null[b] = m.max() - m.min()
+            p_value = float((1 + np.sum(null >= spread - 1e-12)) / (n_resamples + 1))
             out.append({**dict(zip(by, key, strict=True)), "student": student, "styles": len(styles),
                         "spread": spread, "ci_low": float(lo), "ci_high": float(hi),
+                        "null_p95": float(np.quantile(null, 0.95)), "p_value": p_value,
                         "top_style": styles[int(means.argmax())] if spread > 0 else None,
                         "bottom_style": styles[int(means.argmin())] if spread > 0 else None})
     return out
 
 
 def selection_rates(
-    routing: list[dict[str, Any]], by: tuple[str, ...] = ("task", "style"), epoch: int | None = None
+    routing: list[dict[str, Any]], by: tuple[str, ...] = ("task", "style"), epoch: int | str | None = None
 ) -> list[dict[str, Any]]:
     """Selection rate = share of a group's paths routed to a student (alpha = 1), per student.
 
@@ -743,13 +758,19 @@ def has_sweep(rows: list[dict[str, Any]]) -> bool:
 # ---------------------------------------------------------------- training time (Table 3)
 
 
+def _epoch_times(ts: dict[str, Any]) -> list[float]:
+    """Seconds of each whole epoch (a run's last, partial epoch would halve the mean)."""
+    full = ts.get("time_per_full_epoch")
+    return [float(x) for x in (full if full else ts.get("time_per_epoch") or [])]
+
+
 def time_rows(runs: list[RunLogs]) -> list[dict[str, Any]]:
     out = []
     for run in runs:
         ts = run.train_summary
-        if not ts or not ts.get("time_per_epoch"):
+        if not ts or not _epoch_times(ts):
             continue
-        tpe = [float(x) for x in ts["time_per_epoch"]]
+        tpe = _epoch_times(ts)
         students = [s.get("name", "?") if isinstance(s, dict) else str(s) for s in ts.get("students", [])]
         out.append({"run": run.name, "method": run.method, "students": " + ".join(students),
                     "epochs": len(tpe), "seconds_per_epoch": sum(tpe) / len(tpe)})
@@ -761,10 +782,10 @@ def joint_vs_separate(runs: list[RunLogs]) -> list[dict[str, Any]]:
     single: dict[str, float] = {}
     for run in runs:
         ts = run.train_summary or {}
-        if ts.get("time_per_epoch") and len(ts.get("students", [])) == 1:
+        if _epoch_times(ts) and len(ts.get("students", [])) == 1:
             st = ts["students"][0]
             name = st.get("name") if isinstance(st, dict) else str(st)
-            tpe = [float(x) for x in ts["time_per_epoch"]]
+            tpe = _epoch_times(ts)
             single.setdefault(name, sum(tpe) / len(tpe))
     out = []
     for r in time_rows(runs):

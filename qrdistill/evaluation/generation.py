@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 _ANSWER_LINE = re.compile(r"the answer is\b[^\n]*?(?:\.(?=\s)|\n)", re.IGNORECASE)
 _NEW_QUESTION = re.compile(r"\n\s*(?:Question|Q)\s*:")
+# An answer sentence that is the very last thing the budget allowed ("... The answer is (A).").
+_ANSWER_AT_END = re.compile(r"the answer is\b[^\n]*\.\s*$", re.IGNORECASE)
 
 
 STOP_REASONS = ("eos", "answer_line", "new_question", "budget")
@@ -257,10 +259,14 @@ def _decode_round(model, tokenizer, rows: list[_Row], stop_at_answer: bool) -> l
             results.append(None)
             continue
         if stop == "budget" and stop_at_answer:
-            # The criterion runs after each step; the last token may complete an answer too.
-            found = stop_reason(tokenizer.decode(row.gen, skip_special_tokens=True))
+            # The criterion runs after each step; the last token may complete an answer too, and an
+            # answer sentence that ends exactly at the budget has no whitespace after its period yet.
+            text = tokenizer.decode(row.gen, skip_special_tokens=True)
+            found = stop_reason(text)
             if found is not None:
                 stop = found[1]
+            elif _ANSWER_AT_END.search(text):
+                stop = "answer_line"
         raw = tokenizer.decode(row.gen, skip_special_tokens=True)
         kept = cut_output(raw, stop_at_answer)
         n_kept = _tokens_covering(tokenizer, row.gen, raw, kept)

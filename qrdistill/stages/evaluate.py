@@ -380,6 +380,7 @@ def prediction_row(et: EvalTask, record: Any, prompt: str, gen: Any, key: str, b
         "strict_pred": score.strict_pred,
         "strict_correct": bool(score.strict_correct),
         "conflict": bool(score.conflict),
+        "letter_correct": score.letter_correct,
         "stop": gen.stop,
         "gold": et.task.gold_text(record),
         "logprob": {"sum": gen.logprob_sum, "mean": gen.logprob_mean},
@@ -408,6 +409,10 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
         cell["cut_by_budget"] = sum(r.get("stop") == "budget" for r in rows) / n
         cell["no_strict_answer"] = sum(r.get("strict_pred") is None for r in rows) / n
         cell["conflicts"] = sum(bool(r.get("conflict")) for r in rows)
+        if any(r.get("letter_correct") is not None for r in rows):
+            # Multiple choice: accuracy had the letter, not the option text, decided each conflict.
+            cell["letter_rule"] = acc([bool(r["correct"] if r.get("letter_correct") is None else r["letter_correct"])
+                                       for r in rows])
         cell["stops"] = {k: sum(r.get("stop") == k for r in rows) for k in sorted({str(r.get("stop")) for r in rows})}
         return cell
 
@@ -481,9 +486,16 @@ def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict
             theirs = {r["qid"]: r for r in predictions[base.key][et.label]}
             qids = [q for q in mine if q in theirs]
             row: dict[str, Any] = {"student": t.key, "baseline": base.key, "task": et.label, "n": len(qids)}
-            for metric, key in (("flexible", "correct"), ("strict", "strict_correct")):
+            metrics = [("flexible", "correct"), ("strict", "strict_correct")]
+            if any(mine[q].get("letter_correct") is not None for q in qids):
+                metrics.append(("letter_rule", "letter_correct"))
+            for metric, key in metrics:
+                def outcome(r: dict[str, Any], key: str = key) -> bool:
+                    value = r.get(key)
+                    return bool(r.get("correct") if value is None else value)
+
                 row[metric] = compare_paired(
-                    [bool(mine[q].get(key)) for q in qids], [bool(theirs[q].get(key)) for q in qids],
+                    [outcome(mine[q]) for q in qids], [outcome(theirs[q]) for q in qids],
                     n_resamples=ecfg.bootstrap_resamples, confidence=ecfg.confidence, seed=seed,
                 )
             out.append(row)
@@ -562,7 +574,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     conflicts = sum(a.get("conflicts", 0) for s in summary["students"].values() for a in s["tasks"].values())
     if conflicts:
         lines += ["", f"Answer lines whose letter and option text name different options: {conflicts} "
-                  "(the option text decides: it is what the response computed)."]
+                  "(the option text decides: it is what the response computed). Accuracy had the letter "
+                  "decided instead:"]
+        for key, s in summary["students"].items():
+            cells = [f"{t} {_pct(s['tasks'][t]['letter_rule']['accuracy'])} ({s['tasks'][t]['conflicts']} conflicts)"
+                     for t in tasks if s["tasks"][t].get("letter_rule")]
+            if cells:
+                lines.append(f"- {key}: " + ", ".join(cells))
+        for c in summary.get("comparisons", []):
+            if "letter_rule" in c:
+                lr = c["letter_rule"]
+                lines.append(f"- {c['student']} vs {c['baseline']} on {c['task']}, letter rule: {_pts(lr['diff'])} "
+                             f"[{_pts(lr['ci_low'])}, {_pts(lr['ci_high'])}], p {_p(lr['p_value'])}")
     if summary["ensembles"]:
         lines += ["", "Ensemble: per question, the answer of the student with the higher mean token "
                   "log-probability of its own output."]

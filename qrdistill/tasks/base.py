@@ -57,6 +57,9 @@ class AnswerScore:
     strict_pred: str | None
     strict_correct: bool
     conflict: bool
+    #: multiple choice: the check had the letter won the conflict instead (= correct without a conflict),
+    #: so a report can show how much accuracy the text-wins rule decides
+    letter_correct: bool | None = None
 
 
 class Task:

@@ -38,6 +38,7 @@ check and gold text; a concrete task adds only `load`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -463,7 +464,12 @@ class MultipleChoiceTask(Task):
     def score(self, text: str, record: Record) -> AnswerScore:
         strict, conflict = _strict_choice(text, record.choices)
         pred = extract_choice(text, record.choices)
-        return _answer_score(strict, pred, lambda p: p == record.answer, conflict)
+        score = _answer_score(strict, pred, lambda p: p == record.answer, conflict)
+        letter_correct = score.correct
+        if conflict:
+            m = _LETTER_SPAN_RE.match(strict_span(text) or "")
+            letter_correct = bool(m) and m.group(1) == record.answer
+        return dataclasses.replace(score, letter_correct=letter_correct)
 
     def gold_text(self, record: Record) -> str:
         return f"({record.answer}) {record.meta.get('answer_text', '')}".strip()

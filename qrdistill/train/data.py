@@ -194,16 +194,16 @@ class LengthFit:
 
 
 def fit_to_length(
-    lengths: list[tuple[int, int]], keys: list[str], requested: int | str, cap: int
+    lengths: list[tuple[int, int]], keys: list[str], requested: int | str, cap: int, quantile: float = LENGTH_QUANTILE
 ) -> LengthFit:
     """Resolve one student's `max_length` from its (prompt, response) token counts and find what does not fit.
 
-    `auto`: the p99 of prompt + response, rounded up to a multiple of 8, at most `cap`.
+    `auto`: the `quantile` (p99) of prompt + response, rounded up to a multiple of 8, at most `cap`.
     A number is used as given. Pairs above it are dropped by the caller, never cut.
     """
     totals = [p + r for p, r in lengths]
     if requested == "auto":
-        q = quantile_length(totals)
+        q = quantile_length(totals, quantile)
         max_length = min(cap, -(-q // LENGTH_MULTIPLE) * LENGTH_MULTIPLE)
     else:
         max_length = int(requested)
@@ -216,16 +216,36 @@ def fit_to_length(
     )
 
 
+#: quantiles `auto` tries in turn until the pairs dropped by any student are at most 1% together
+AUTO_QUANTILES = (LENGTH_QUANTILE, 0.995, 0.999, 1.0)
+
+
+def fit_students(
+    lengths: dict[str, list[tuple[int, int]]], keys: list[str], requested: int | str, caps: dict[str, int]
+) -> dict[str, LengthFit]:
+    """`fit_to_length` for every student. With `auto`, each student's p99 can drop a different 1%, so
+    the union could exceed it: the quantile is raised until the union of drops is at most 1%."""
+    quantiles = AUTO_QUANTILES if requested == "auto" else (LENGTH_QUANTILE,)
+    for q in quantiles:
+        fits = {name: fit_to_length(ls, keys, requested, caps[name], q) for name, ls in lengths.items()}
+        union = set().union(*(f.dropped_keys for f in fits.values())) if fits else set()
+        if len(union) <= MAX_DROP_SHARE * len(keys):
+            break
+    return fits
+
+
 def check_drops(n_items: int, fits: dict[str, LengthFit], field_name: str = "train.max_length") -> set[str]:
     """Keys of the pairs to drop (too long for any student); more than 1% of the data is a DataError."""
     drop = set().union(*(f.dropped_keys for f in fits.values())) if fits else set()
     if n_items and len(drop) / n_items > MAX_DROP_SHARE:
         worst = max(fits.items(), key=lambda kv: kv[1].dropped)
         name, fit = worst
+        hint = (f"raise {field_name}" if fit.requested != "auto"
+                else "raise train.max_length_cap (auto is capped by it and by the model's positions)")
         raise DataError(
             f"{field_name}: {len(drop)} of {n_items} training pairs ({100 * len(drop) / n_items:.1f}%) do not fit "
             f"in {fit.max_length} tokens for student {name} (longest pair: {fit.longest} tokens); pairs are never "
-            f"cut, so raise {field_name} (or train.max_length_cap for auto)"
+            f"cut, so {hint}"
         )
     return drop
 

@@ -235,16 +235,16 @@ class Trainer:
 
     def _fit_lengths(self) -> None:
         """Size sequences per student from the data and drop the pairs that do not fit (never cut them)."""
-        from qrdistill.train.data import check_drops, fit_to_length
+        from qrdistill.train.data import check_drops, fit_students
 
         keys = [it.key for it in self.items]
         prompts = [it.prompt for it in self.items]
         responses = [it.response for it in self.items]
-        self.length_fits = {
-            s.name: fit_to_length(s.pair_lengths(prompts, responses), keys, self.tc.max_length,
-                                  min(self.tc.max_length_cap, s.max_positions or self.tc.max_length_cap))
-            for s in self.students
-        }
+        cap = self.tc.max_length_cap
+        self.length_fits = fit_students(
+            {s.name: s.pair_lengths(prompts, responses) for s in self.students}, keys, self.tc.max_length,
+            {s.name: min(cap, s.max_positions or cap) for s in self.students},
+        )
         drop = check_drops(len(self.items), self.length_fits)
         self.items_before_fit = len(self.items)
         if drop:
@@ -256,6 +256,10 @@ class Trainer:
 
             raise DataError("train.max_length: no training pair fits")
         self.max_lengths = [self.length_fits[s.name].max_length for s in self.students]
+        if self.reference_paths and self.tc.method in ("qrdistill", "sft"):
+            # Their items are the kept paths: the budget counts the ones that train, so a dropped pair
+            # cannot add a one-step "epoch".
+            self.reference_paths = len(self.items)
 
     def _path_embeddings(self):
         """Eq. 1's h_j for every item, computed once (rank 0) and cached in train/embeddings.pt by text hash."""
@@ -462,8 +466,22 @@ class Trainer:
             return 0.0, entropy.item(), load.item(), 0
         alpha = torch.cat([m.alpha_local for m in micros])
         if self.tc.router.signal == "relative":
+            losses = torch.cat([m.router_losses for m in micros])
             observed = torch.cat([m.observed for m in micros])
-            adv = self.signal.advantage(torch.cat([m.router_losses for m in micros]), observed)
+            offset = 0
+            if self.world > 1:
+                # Every rank updates the signal's running statistics from the global batch, so they stay
+                # identical across ranks (and the checkpoint, written by rank 0, resumes all of them).
+                from accelerate.utils import gather_object
+
+                parts = gather_object([(self.rank, losses, observed)])
+                parts.sort(key=lambda x: x[0])
+                offset = sum(len(p[1]) for p in parts if p[0] < self.rank)
+                losses = torch.cat([p[1] for p in parts])
+                observed = torch.cat([p[2] for p in parts])
+            adv = self.signal.advantage(losses, observed)[offset: offset + len(alpha)]
+            # Each rank's fit is its share of the global mean; _sync_grads averages over ranks.
+            adv = adv * self.world
             compared = int((observed.sum(dim=1) >= 2).sum())
         else:
             routed = torch.cat([m.routed for m in micros])
@@ -696,7 +714,8 @@ class Trainer:
                     bar.update(1)
                 if step % tc.checkpoint_every == 0 or step == self.total_steps:
                     self._checkpoint(step, epoch, micro)
-            if micro >= self.schedule.micro_per_epoch or self.epoch_elapsed > 0:
+            self.last_epoch_complete = micro >= self.schedule.micro_per_epoch
+            if self.last_epoch_complete or self.epoch_elapsed > 0:
                 self.epoch_times.append(self.epoch_elapsed)
                 self.epoch_elapsed = 0.0
         finally:
@@ -723,13 +742,16 @@ class Trainer:
             self._first_check_done = True
             self._first_step_gradient_check(got.tolist(), stats)
         if tc.max_grad_norm is not None:
-            # The router's objective has its own scale: clipped on its own, it never shrinks the students' step.
-            for group in self.optimizer.param_groups:
-                if group["group"] == "router":
-                    self.acc.clip_grad_norm_(group["params"], tc.max_grad_norm)
+            import torch
+
+            # Unscale once (fp16: GradScaler refuses a second unscale of one optimizer), then clip the
+            # router on its own: its objective has its own scale and must never shrink the students' step.
+            self.acc.unscale_gradients()
+            router = [p for g in self.optimizer.param_groups if g["group"] == "router" for p in g["params"]]
             rest = [p for g in self.optimizer.param_groups if g["group"] != "router" for p in g["params"]]
-            if rest:
-                self.acc.clip_grad_norm_(rest, tc.max_grad_norm)
+            for params in (router, rest):
+                if params:
+                    torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
@@ -882,6 +904,9 @@ class Trainer:
             "epochs": len(self.epoch_times), "steps": step, "steps_per_epoch": self._steps_per_epoch(),
             "step_budget": self.tc.step_budget, "reference_paths": self.reference_paths,
             "time_per_epoch": self.epoch_times, "total_time": total_time,
+            # Table 3 compares whole epochs: the last entry of time_per_epoch may be a partial one.
+            "time_per_full_epoch": self.epoch_times if getattr(self, "last_epoch_complete", True)
+            else self.epoch_times[:-1],
             "paths": len(self.items), "questions": len({it.qid for it in self.items}),
             "sequence_lengths": {name: fit.to_dict() for name, fit in self.length_fits.items()},
             "items_before_length_fit": self.items_before_fit,
