@@ -343,7 +343,7 @@ def test_gemma_two_students_on_one_base(gemma_path):
     with torch.no_grad():
         for s in students:
             out = s.forward(batch)
-            torch.testing.assert_close(out.token_nll, full_forward_nll(s, batch), atol=1e-4, rtol=0)
+            torch.testing.assert_close(out.token_nll, full_forward_nll(s, batch), atol=1e-4, rtol=1e-4)
     a.model.train()
     before = {n: p.detach().clone() for n, p in a.model.named_parameters() if "lora_" in n}
     base_before = a.base.head.weight.detach().clone()
