@@ -156,3 +156,17 @@ def test_seeds_run_once_each_and_analyze_pools_them(tiny, tmp_path):
                         for p in base)
     report = (run_dir / "report" / "report.md").read_text()
     assert "seeds 0, 1" in report and "±" in report
+
+
+def test_the_same_base_demo_is_the_built_in_demo_with_another_pair():
+    """configs/demo_same_base.yaml changes only the students (and its run_dir), so its numbers sit beside
+    the demo's in README as a like-for-like contrast; a drift of the built-in demo fails here."""
+    demo = load_config(None).model_dump(mode="json")
+    same = load_config(ROOT / "configs" / "demo_same_base.yaml").model_dump(mode="json")
+    assert [s["model"] for s in same["train"]["students"]] == ["gemma3-270m", "gemma3-270m"]
+    assert [s["lora"] for s in same["train"]["students"]] == [s["lora"] for s in demo["train"]["students"]]
+    assert [s["lr"] for s in same["train"]["students"]] == [s["lr"] for s in demo["train"]["students"]]
+    for cfg in (demo, same):
+        cfg.pop("run_dir")
+        cfg["train"].pop("students")
+    assert same == demo
