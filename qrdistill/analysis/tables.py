@@ -504,7 +504,7 @@ def paired_comparisons(rows: list[dict[str, Any]], tasks: list[str], n_resamples
             for da, dbs in _seed_pairs(a, b):
                 pa = preds(da, a["key"], task)
                 pb = next((p for p in (preds(d, b["key"], task) for d in dbs) if p is not None), None)
-                qids = [q for q in (pa or {}) if q in (pb or {})]
+                qids = sorted(q for q in (pa or {}) if q in (pb or {}))  # as in eval/summary.json
                 if qids:
                     per_seed.append([(q, pa[q], pb[q]) for q in qids])
             if not per_seed:

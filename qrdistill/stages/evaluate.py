@@ -484,7 +484,8 @@ def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict
         for et in tasks:
             mine = {r["qid"]: r for r in predictions[t.key][et.label]}
             theirs = {r["qid"]: r for r in predictions[base.key][et.label]}
-            qids = [q for q in mine if q in theirs]
+            # Sorted, so the report's comparison of the same pair (analysis) draws the same resamples.
+            qids = sorted(q for q in mine if q in theirs)
             row: dict[str, Any] = {"student": t.key, "baseline": base.key, "task": et.label, "n": len(qids)}
             metrics = [("flexible", "correct"), ("strict", "strict_correct")]
             if any(mine[q].get("letter_correct") is not None for q in qids):
