@@ -430,7 +430,9 @@ def test_paired_comparison_matches_mcnemar_on_the_same_vectors(tmp_path):
     row = next(c for c in comps if c["a"].endswith("stu-a (qrd)") and c["task"] == "procedural_date")
     assert row["b"] == "Zero-shot: base:tiny" and row["n"] == row["questions"] == 30 and row["seeds"] == 1
     assert row["flexible_p"] == [mcnemar_exact(a[:30], base[:30])["p_value"]]
-    expect = compare_paired(a[:30], base[:30], n_resamples=300, seed=0)
+    # Questions in sorted-id order, the order eval/summary.json's comparison uses too.
+    order = sorted(range(30), key=lambda q: f"procedural_date-{q}")
+    expect = compare_paired([a[q] for q in order], [base[q] for q in order], n_resamples=300, seed=0)
     assert (row["flexible_diff"], row["flexible_ci_low"], row["flexible_ci_high"]) == pytest.approx(
         (expect["diff"], expect["ci_low"], expect["ci_high"]))
     strict_a = [x and i % 3 == 0 for i, x in enumerate(a)][:30]
@@ -463,8 +465,10 @@ def test_paired_comparisons_over_seeds_pool_questions_and_give_p_per_seed(tmp_pa
                and c["b"] == "SKD: stu-a (skd (seeds 0, 1))" and c["task"] == "procedural_date")
     assert (row["seeds"], row["questions"], row["n"]) == (2, N, 2 * N)
     assert row["flexible_p"] == [mcnemar_exact(*vec[0])["p_value"], mcnemar_exact(*vec[1])["p_value"]]
-    qids = [f"q{q}" for q in range(N)] * 2
-    expect = compare_paired(vec[0][0] + vec[1][0], vec[0][1] + vec[1][1], n_resamples=300, seed=0, clusters=qids)
+    order = sorted(range(N), key=lambda q: f"procedural_date-{q}")
+    pooled = [(q, vec[k][0][q], vec[k][1][q]) for k in (0, 1) for q in order]
+    expect = compare_paired([x for _, x, _ in pooled], [y for _, _, y in pooled], n_resamples=300, seed=0,
+                            clusters=[q for q, _, _ in pooled])
     assert (row["flexible_diff"], row["flexible_ci_low"], row["flexible_ci_high"]) == pytest.approx(
         (expect["diff"], expect["ci_low"], expect["ci_high"]))
     # A single run (sft, seed 0) pairs with seed 0 of QR-Distill only.
@@ -485,3 +489,40 @@ def test_paired_comparisons_over_seeds_pool_questions_and_give_p_per_seed(tmp_pa
 
 def prediction_rows_correct(acc: float) -> list[bool]:
     return [r["correct"] for r in prediction_rows(acc, "procedural_date")]
+
+
+def test_answer_form_shows_letter_text_conflicts_and_letter_rule_accuracy(tmp_path):
+    """A multiple-choice cell adds the share of answer lines whose letter and text disagree and the accuracy by
+    the letter alone; over seeds both are averaged; a cell without them keeps the two shares only."""
+    one = {"cut_by_budget": 0.1, "no_strict_answer": 0.2, "n": 40, "conflicts": 10,
+           "letter_rule": {"accuracy": 0.15}}
+    other = {**one, "conflicts": 30, "letter_rule": {"accuracy": 0.25}}
+    merged = tables.seed_cell([{**one, "accuracy": 0.3}, {**other, "accuracy": 0.4}])
+    assert merged["conflict_share"] == pytest.approx(0.5)
+    assert merged["letter_rule"]["accuracy"] == pytest.approx(0.2)
+    rows = [{"model": "m", "method": "qrdistill", "variant": "", "prefix": None, "run": "r", "student": "s",
+             "cells": {"mc": one, "num": {"cut_by_budget": 0.0, "no_strict_answer": 0.5}}},
+            {"model": "m", "method": "qrdistill", "variant": "", "prefix": None, "run": "r2", "student": "s",
+             "cells": {"mc": merged, "num": {}}}]
+    md = tables.answer_form_markdown(rows, ["mc", "num"])
+    assert "| 10.0 / 20.0 / 25.0 / 15.0 | 0.0 / 50.0 |" in md
+    assert "| 10.0 / 20.0 / 50.0 / 20.0 | – |" in md
+
+
+def test_report_says_what_a_simulated_demo_cannot_show(tmp_path):
+    from qrdistill.analysis.report import build_report
+
+    demo = make_run(tmp_path, "demo")
+    for stage in ("generate", "filter"):
+        meta = json.loads((demo / "meta" / f"{stage}.json").read_text())
+        meta["config"] = {**meta["config"], "generate": {"teacher": {"kind": "simulated"}},
+                          "filter": {"judge": {"kind": "steps"}}}
+        _write_json(demo / "meta" / f"{stage}.json", meta)
+    build_report([demo], tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## What these runs cannot show" in text
+    assert "simulated" in text and "circular" in text
+
+    real = make_run(tmp_path, "real")  # no teacher/judge kinds recorded, tiny students: nothing to say
+    build_report([real], tmp_path / "out2")
+    assert "What these runs cannot show" not in (tmp_path / "out2" / "report.md").read_text()

@@ -42,6 +42,40 @@ def runs_section(runs: list[tables.RunLogs]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Bundled students, as `train.students[].model` names them, with their parameter counts.
+SMALL_STUDENTS = {"gemma3-270m": "270 M", "smollm2-135m": "135 M"}
+
+
+def limits_section(runs: list[tables.RunLogs]) -> str:
+    """What these runs cannot show, from their configs: a simulated teacher, a judge that checks exactly the
+    simulator's planted defects, students far smaller than the paper's 7B. Empty when none applies."""
+    teachers, judges, small = set(), set(), set()
+    for r in runs:
+        for m in r.meta.values():
+            cfg = m.get("config") or {}
+            teachers.add(((cfg.get("generate") or {}).get("teacher") or {}).get("kind"))
+            judges.add(((cfg.get("filter") or {}).get("judge") or {}).get("kind"))
+        for s in (r.config.get("train") or {}).get("students") or []:
+            if s.get("model") in SMALL_STUDENTS:
+                small.add(f"{s['model']} ({SMALL_STUDENTS[s['model']]} parameters)")
+    lines = []
+    if "simulated" in teachers:
+        lines.append("The teacher is simulated: it writes every style from the true solution of a procedural "
+                     "question and plants known defects, so these numbers show how the pipeline and the students "
+                     "behave, not how a real teacher's paths distill.")
+        if "steps" in judges:
+            lines.append("The `steps` judge checks exactly the kind of defect the simulator plants, so the "
+                         "quality-filter ablation is circular here (it is not with a real teacher and the `llm` "
+                         "judge).")
+    if small:
+        lines.append(f"The students ({', '.join(sorted(small))}) are far smaller than the paper's 7B students.")
+    if not lines:
+        return ""
+    lines.append("Answer-free shortcut baselines stand beside the accuracy so that a number near them reads as "
+                 "what it is.")
+    return "## What these runs cannot show\n\n" + " ".join(lines) + "\n"
+
+
 def _settings(runs: list[tables.RunLogs]) -> dict[str, Any]:
     """Bootstrap settings for the intervals the report computes: the evaluation's own, so they match its table."""
     for r in runs:
@@ -76,7 +110,9 @@ def results_section(runs: list[tables.RunLogs], out: Path, conf: int
         if form:
             md += ["### Answers never stated as final", "",
                    "Per cell: % of answers cut by the token budget / % without a strict answer line. Flexible "
-                   "credit for these rests on a value taken from an unfinished or unmarked answer.", "", form]
+                   "credit for these rests on a value taken from an unfinished or unmarked answer. Multiple-choice "
+                   "cells add / % of answer lines whose letter and option text name different options (the "
+                   "option text wins in the accuracy table) / accuracy by the letter alone.", "", form]
         shortcuts: dict[tuple[str, str], list[str]] = {}
         for r in runs:
             for task, values in ((r.eval_summary or {}).get("shortcut_baselines") or {}).items():
@@ -201,6 +237,9 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
     if seeded:
         md.append(f"Seeds of one configuration, averaged in the tables below: {'; '.join(seeded)}.\n")
 
+    limits = limits_section(runs)
+    if limits:
+        md.append(limits)
     section, rows, task_cols = results_section(runs, out, conf)
     md += section
     shown["results"] = bool(rows)

@@ -323,7 +323,21 @@ def seed_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("cut_by_budget", "no_strict_answer"):
         if all(c.get(k) is not None for c in cells):
             out[k] = statistics.fmean(float(c[k]) for c in cells)
+    shares = [_conflict_share(c) for c in cells]
+    if all(x is not None for x in shares):
+        out["conflict_share"] = statistics.fmean(shares)
+    if all(c.get("letter_rule") for c in cells):
+        out["letter_rule"] = {"accuracy": statistics.fmean(float(c["letter_rule"]["accuracy"]) for c in cells)}
     return out
+
+
+def _conflict_share(cell: dict[str, Any]) -> float | None:
+    """Share of answer lines whose letter and option text name different options (eval summary counts them)."""
+    if cell.get("conflict_share") is not None:
+        return float(cell["conflict_share"])
+    if cell.get("conflicts") is None or not cell.get("n"):
+        return None
+    return cell["conflicts"] / cell["n"]
 
 
 def method_label(method: str, variant: str = "", prefix: str | None = None) -> str:
@@ -367,11 +381,13 @@ def results_markdown(rows: list[dict[str, Any]], tasks: list[str]) -> str:
 
 
 def answer_form_markdown(rows: list[dict[str, Any]], tasks: list[str]) -> str:
-    """Per student x task: % of answers cut by the token budget / % without a strict answer line.
+    """Per student x task: % of answers cut by the token budget / % without a strict answer line, and on
+    multiple-choice tasks / % whose answer line's letter and option text disagree / accuracy by the letter
+    alone (lm-eval's rule; the table's accuracy lets the option text win).
 
     These are the answers whose flexible credit rests on a value the model
-    never stated as final. Empty when no row has the shares (older summaries,
-    ensembles).
+    never stated as final, or on one of two values it stated. Empty when no
+    row has the shares (older summaries, ensembles).
     """
     shown = [r for r in rows if any((r["cells"].get(t) or {}).get("cut_by_budget") is not None for t in tasks)]
     if not shown:
@@ -382,8 +398,14 @@ def answer_form_markdown(rows: list[dict[str, Any]], tasks: list[str]) -> str:
         cells = []
         for t in tasks:
             a = r["cells"].get(t) or {}
-            cells.append("–" if a.get("cut_by_budget") is None else
-                         f"{_pct(a['cut_by_budget'])} / {_pct(a.get('no_strict_answer'))}")
+            if a.get("cut_by_budget") is None:
+                cells.append("–")
+                continue
+            cell = f"{_pct(a['cut_by_budget'])} / {_pct(a.get('no_strict_answer'))}"
+            conflicts, letter = _conflict_share(a), (a.get("letter_rule") or {}).get("accuracy")
+            if conflicts is not None and letter is not None:
+                cell += f" / {_pct(conflicts)} / {_pct(letter)}"
+            cells.append(cell)
         out.append("| " + " | ".join([r["model"], _row_label(r), r["run"], r["student"], *cells]) + " |")
     return "\n".join(out) + "\n"
 
