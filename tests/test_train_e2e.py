@@ -247,3 +247,20 @@ def test_first_step_gradient_check_separates_routing_gaps_from_faults(caplog):
         t._first_step_gradient_check([True, False, True, True, True], idle)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "a/lora.1" in warnings[0]
+
+
+def test_the_log_separates_eq8_from_the_competence_term_for_identical_students(tmp_path, models, filtered):
+    """Two adapters on one base, every path to both (router off): at the first step their hidden states are
+    identical, so with shared projections eq. 8 logs exactly 0, while `mutual` (the objective's term) adds the
+    competence regressors' cross-entropy, about ln 2 for two equal students."""
+    run_dir = _run_dir(tmp_path, filtered)
+    section = tiny_train_section(models)
+    same = [{"name": n, "model": models[0], "lr": 5.0e-3, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+            for n in ("first", "second")]
+    cfg = tiny_config(run_dir, models, students=same, router={**section["router"], "mode": "off"}, max_steps=2)
+    train_stage.run(cfg, run_dir)
+    rows = _jsonl(run_dir / "train" / "log.jsonl")
+    assert rows[0]["co_routed_paths"] > 0
+    assert rows[0]["mutual_mse"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[0]["mutual"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=0.05)
+    assert all(r["mutual"] >= r["mutual_mse"] - 1e-6 for r in rows)

@@ -101,6 +101,7 @@ class StepStats:
 
     distill: list[float]
     mutual: float = 0.0
+    mutual_mse: float = 0.0  # eq. 8 alone; `mutual` adds the competence regressors' term when it is on
     co_routed: float = 0.0
     routing_rate: list[float] = field(default_factory=list)
     paths_per_student: list[float] = field(default_factory=list)
@@ -385,7 +386,7 @@ class Trainer:
 
         B = len(local_idx)
         distill = [torch.zeros((), device=self.device) for _ in self.students]
-        mutual = torch.zeros((), device=self.device)
+        mutual = mutual_mse = torch.zeros((), device=self.device)
         co_routed = 0
         routed = (alpha.detach() > 0.5).cpu()
         res.routed = routed
@@ -431,12 +432,13 @@ class Trainer:
                     res.router_losses[missing, s] = out.token_nll.float().sum(dim=1).cpu() / chars[missing]
                     res.observed[missing, s] = True
             if self.mutual is not None:
-                mutual, co_routed = self._mutual_term(alpha, fulls, outs, rows_of, path_losses)
+                mutual, mutual_mse, co_routed = self._mutual_term(alpha, fulls, outs, rows_of, path_losses)
         loss = (torch.stack([d.float() for d in distill]).sum() + tc.lambda_mutual * mutual) / n_micro
         if loss.requires_grad:
             self.acc.backward(loss)
         res.stats = StepStats(
-            distill=[d.item() for d in distill], mutual=mutual.item(), co_routed=float(co_routed),
+            distill=[d.item() for d in distill], mutual=mutual.item(), mutual_mse=float(mutual_mse),
+            co_routed=float(co_routed),
             routing_rate=hard_g.float().mean(dim=0).tolist() if len(global_idx) else [0.0] * self.S,
             paths_per_student=[float(c) for c in routed.sum(dim=0).tolist()],
         )
@@ -513,7 +515,8 @@ class Trainer:
         )
 
     def _mutual_term(self, alpha, fulls, outs, rows_of, path_losses):
-        """Eqs. 5-8 on this rank's paths that at least two students ran (their distill forwards reused)."""
+        """Eqs. 5-8 on this rank's paths that at least two students ran (their distill forwards reused)
+        -> (loss, eq. 8's mean squared distance alone, detached; paths used)."""
         import torch
 
         from qrdistill.train.alignment import align_students
@@ -528,7 +531,7 @@ class Trainer:
         part = ran if pw is None else (pw.cpu() & ran)
         sel = (part.sum(dim=1) >= 2).nonzero(as_tuple=True)[0]
         if len(sel) == 0:
-            return torch.zeros((), device=self.device), 0
+            return torch.zeros((), device=self.device), 0.0, 0
         m_outs, m_batches = [], []
         for s, (full, out, rows) in enumerate(zip(fulls, outs, rows_of, strict=True)):
             seq_len = full.input_ids.shape[1]
@@ -546,7 +549,7 @@ class Trainer:
         with self.acc.autocast():
             res = self.mutual(pooled, span_mask.to(self.device), self.tc.mutual.detach_target, pair_weight=pair,
                               path_losses=path_losses[sel.to(self.device)])
-        return res.loss, len(sel)
+        return res.loss, res.mse.item(), len(sel)
 
     def _sync_grads(self):
         """Average gradients over ranks (one all-reduce); returns which params got a gradient anywhere."""
@@ -803,7 +806,8 @@ class Trainer:
         vec = torch.tensor(
             [sum(st.distill[k] * st.paths_per_student[k] for st in stats) for k in range(S)]
             + [sum(st.paths_per_student[k] for st in stats) for k in range(S)]
-            + [sum(st.mutual * st.co_routed for st in stats), sum(st.co_routed for st in stats)],
+            + [sum(st.mutual * st.co_routed for st in stats), sum(st.co_routed for st in stats),
+               sum(st.mutual_mse * st.co_routed for st in stats)],
             dtype=torch.float64, device=self.device)
         if self.world > 1:
             vec = self.acc.reduce(vec, reduction="sum")
@@ -812,6 +816,7 @@ class Trainer:
         distill = [vec[k] / counts[k] if counts[k] else None for k in range(S)]
         co = vec[2 * S + 1]
         mutual = vec[2 * S] / co if co else 0.0
+        mutual_mse = vec[2 * S + 2] / co if co else 0.0
         rates = [sum(st.routing_rate[k] for st in stats) / n for k in range(S)]
         self.rates_sum = [a + b for a, b in zip(self.rates_sum, rates, strict=True)]
         self.rates_n += 1
@@ -828,6 +833,7 @@ class Trainer:
         row["router_fit"] = result.fit
         row["router_compared_paths"] = result.compared
         row["mutual"] = mutual
+        row["mutual_mse"] = mutual_mse
         row["co_routed_paths"] = int(co)
         for name, r in zip(self.names, rates, strict=True):
             row[f"routing_rate/{name}"] = r
