@@ -85,10 +85,16 @@ def test_ensemble_pick_follows_higher_mean_logprob():
     assert [picks[q]["student"] for q in ("q1", "q2", "q3")] == ["a", "b", "a"]
     assert [picks[q]["pred"] for q in ("q1", "q2", "q3")] == ["A", "E", "C"]
     assert all(p["correct"] for p in picks.values())  # here the confident student is always right
-    # Mean, not sum: b's long answer has the lower sum but the higher mean.
-    long_b = [{"qid": "q1", "pred": "X", "correct": True, "logprob": {"mean": -0.1, "sum": -5.0}}]
-    short_a = [{"qid": "q1", "pred": "Y", "correct": False, "logprob": {"mean": -0.3, "sum": -0.6}}]
+    # Per character, not the sum: b's long answer has the lower sum but the higher log-prob per character.
+    long_b = [{"qid": "q1", "pred": "X", "correct": True, "output": "x" * 100, "logprob": {"mean": -0.1, "sum": -5.0}}]
+    short_a = [{"qid": "q1", "pred": "Y", "correct": False, "output": "y" * 6, "logprob": {"mean": -0.3, "sum": -0.6}}]
     assert ensemble_pick({"a": short_a, "b": long_b})[0]["student"] == "b"
+    # Per character, not per token: one text, split by a fine tokenizer (a: 40 tokens) and a coarse one (b: 10
+    # tokens), with b the more confident per character; a's per-token mean is higher only because it has more tokens.
+    text = "The answer is (C) 03/15/2021. So it is C."
+    fine = [{"qid": "q1", "pred": "C", "correct": False, "output": text, "logprob": {"mean": -2.0 / 40, "sum": -2.0}}]
+    coarse = [{"qid": "q1", "pred": "D", "correct": True, "output": text, "logprob": {"mean": -1.5 / 10, "sum": -1.5}}]
+    assert ensemble_pick({"a": fine, "b": coarse})[0]["student"] == "b"
     with pytest.raises(ValueError):
         ensemble_pick({"a": a})
 

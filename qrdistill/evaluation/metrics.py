@@ -141,11 +141,15 @@ def compare_paired(
 def ensemble_pick(predictions: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Per question, take the answer of the student most confident in its own output.
 
-    `predictions` maps student -> prediction rows (qid, pred, correct,
-    logprob{mean}). Confidence is the mean token log-probability of the
-    student's generated text under that same student, so longer answers are
-    not penalised. Only questions every student answered are picked; ties go
-    to the first student in the mapping's order.
+    `predictions` maps student -> prediction rows (qid, pred, correct, output,
+    logprob{sum, mean}). Confidence is the log-probability of the student's
+    generated text under that same student per character of the text: per
+    character, so longer answers are not penalised, and not per token, since
+    students with different tokenizers split one text into different numbers
+    of tokens (Gemma's 262k-token vocabulary against SmolLM2's 49k) and a
+    per-token mean would favour the finer tokenizer. Rows without the text
+    fall back to the per-token mean. Only questions every student answered
+    are picked; ties go to the first student in the mapping's order.
     """
     students = list(predictions)
     if len(students) < 2:
@@ -154,13 +158,17 @@ def ensemble_pick(predictions: Mapping[str, Sequence[Mapping[str, Any]]]) -> lis
     common = [q for q in by_student[students[0]] if all(q in by_student[s] for s in students[1:])]
     picks = []
     for qid in common:
-        best = max(students, key=lambda s: (_mean_logprob(by_student[s][qid]), -students.index(s)))
+        best = max(students, key=lambda s: (_confidence(by_student[s][qid]), -students.index(s)))
         row = by_student[best][qid]
         picks.append({"qid": qid, "student": best, "pred": row.get("pred"), "correct": bool(row.get("correct"))})
     return picks
 
 
-def _mean_logprob(row: Mapping[str, Any]) -> float:
+def _confidence(row: Mapping[str, Any]) -> float:
+    """Log-probability per character of the generated text (per token when the row lacks the text)."""
     lp = row.get("logprob") or {}
+    text = row.get("output")
+    if isinstance(lp, Mapping) and lp.get("sum") is not None and text:
+        return float(lp["sum"]) / len(text)
     value = lp.get("mean") if isinstance(lp, Mapping) else lp
     return float("-inf") if value is None else float(value)
