@@ -23,8 +23,11 @@ from qrdistill.errors import ConfigError
 #: The built-in offline demo's size (README's first command): training questions per task (difficulty 1-2),
 #: and test questions per task. Sized so that `qrdistill run` finishes in about half an hour on 2 CPU
 #: cores; benchmarks/bench_demo.py measures it.
-DEMO_TRAIN = {"procedural_date": 48, "procedural_arith": 24}
+DEMO_TRAIN = {"procedural_date": 96, "procedural_arith": 24}
 DEMO_EVAL = {"procedural_date": 60, "procedural_arith": 30}
+#: The demo's styles: three of the six (prose chain of thought, a program, a backward check), so that the
+#: training budget buys twice as many distinct date questions; configs/ tables use all six.
+DEMO_STYLES = ["cot", "program", "backward"]
 
 
 def demo_evaluate() -> EvaluateConfig:
@@ -160,6 +163,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is None:
         # The built-in demo: its own evaluation sample, which --set evaluate.* fields refine.
         data["evaluate"] = demo_evaluate().model_dump(mode="json", exclude_unset=True)
+        data["generate"] = {"styles": list(DEMO_STYLES)}
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     try:
