@@ -77,8 +77,13 @@ def test_config_runs_end_to_end_and_writes_its_row(name, tiny, runs_root, tmp_pa
         if cfg.train.method == "step_by_step":
             # Evaluated with both prefixes: the rationale one (the student's name) and the label one.
             names |= {f"{n}@label" for n in names}
-        assert set(summary["students"]) == names
-        assert all(s["kind"] == "trained" for s in summary["students"].values())
+        trained = {k for k, s in summary["students"].items() if s["kind"] == "trained"}
+        assert trained == names
+        # Table rows evaluate their trained students (zero-shot is its own row); the demo's same-base pair,
+        # like the built-in demo, also evaluates the base model beside them (evaluate.students: auto).
+        bases = set(summary["students"]) - trained
+        assert all(k.startswith("base:") for k in bases)
+        assert bool(bases) == (cfg.evaluate.students != "trained")
         meta = json.loads((run_dir / "meta" / "train.json").read_text())["config"]["train"]
         # The switch the row is about reached the train stage.
         for field in ("method", "data_fraction", "lambda_mutual", "frozen_peer", "single_student"):
