@@ -111,8 +111,11 @@ def test_analyze_all_rows_together(runs_root, tmp_path):
     for label in ("Zero-shot", "SKD", "Distill Step-by-Step (rationale prefix)", "Distill Step-by-Step (label prefix)",
                   "Answer Aug (k sampled paths, one style)", "All paths (no router, no collab)", "QR-Distill"):
         assert f"| {label} |" in results
+    # Zero-shot rows are shown once per base model, under the first run that evaluated it (the demo pair's
+    # run evaluates its base too), so every trained row's run is named and the zero-shot row is labelled.
     for name in ROWS:
-        assert f"| {name} |" in results
+        if name != "zero_shot":
+            assert f"| {name} |" in results
     assert res["sections"]["sample_efficiency"] and res["sections"]["time"] and res["sections"]["routing"]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Joint training vs. the students trained separately" in report

@@ -123,12 +123,15 @@ def test_evaluate_base_students_end_to_end(tmp_path, tiny, monkeypatch, caplog):
             acc = summary["students"][key]["tasks"][task]
             assert acc["n"] == 5 and acc["accuracy"] == sum(r["correct"] for r in rows) / 5
             assert acc["ci_low"] <= acc["accuracy"] <= acc["ci_high"]
-    # The ensemble of the two base models follows each question's higher mean log-probability.
+    # The ensemble of the two base models follows each question's higher log-probability per character.
     ens = summary["ensembles"]["ensemble:base"]
     for task in ("procedural_date", "procedural_arith"):
         by = {k: {json.loads(x)["qid"]: json.loads(x) for x in
                   evaluate.predictions_path(run_dir, k, task).read_text().splitlines()} for k in keys}
-        expect = [max(keys, key=lambda k: by[k][q]["logprob"]["mean"]) for q in by[keys[0]]]
+        def per_char(r):  # an empty output (EOS first) falls back to the per-token mean
+            return r["logprob"]["sum"] / len(r["output"]) if r["output"] else r["logprob"]["mean"]
+
+        expect = [max(keys, key=lambda k, q=q: per_char(by[k][q])) for q in by[keys[0]]]
         assert ens["picked"][task] == {k: expect.count(k) for k in keys}
     assert "nearest_date" in summary["shortcut_baselines"]["procedural_date"]
     for st in summary["students"].values():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from openai_stub import OpenAIStub
 
-from qrdistill.config import load_config
+from qrdistill.config import DEMO_STYLES, load_config
 from qrdistill.errors import MissingArtifactError, QRDistillError
 from qrdistill.stages import filter as filter_stage
 from qrdistill.stages import generate as generate_stage
@@ -22,7 +22,9 @@ from qrdistill.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 PATH_FIELDS = {"qid", "task", "style", "sample", "prompt", "question", "answer", "gold_text", "response", "pred",
                "correct", "teacher", "key", "meta"}
-STYLES = ["vanilla", "cot", "tot", "program", "fact", "backward"]
+#: The built-in demo's styles (config DEMO_STYLES); every test here runs the default config.
+STYLES = list(DEMO_STYLES)
+PATHS = 6 * len(STYLES)  # 3 questions per procedural task x 2 tasks x the styles
 
 
 def small_config(run: Path, **overrides):
@@ -41,37 +43,37 @@ def test_generate_then_filter_via_stage_functions(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = small_config(run)
     summary = generate_stage.run(cfg, run)
-    assert summary["questions"] == 6 and summary["paths"] == 36 and summary["failed_calls"] == 0
-    assert summary["calls_issued"] == 36 and summary["calls_cached"] == 0
+    assert summary["questions"] == 6 and summary["paths"] == PATHS and summary["failed_calls"] == 0
+    assert summary["calls_issued"] == PATHS and summary["calls_cached"] == 0
 
     rows = read_rows(run / "paths.jsonl")
-    assert len(rows) == 36
+    assert len(rows) == PATHS
     for r in rows:
         assert PATH_FIELDS <= set(r), PATH_FIELDS - set(r)
         assert r["teacher"].startswith("simulated")  # the simulated teacher says so in every output
         assert r["prompt"].startswith(r["question"]) or r["question"] in r["prompt"]
         assert "difficulty" in r["meta"] and "planted" in r["meta"]
-    assert len({(r["qid"], r["style"], r["sample"]) for r in rows}) == 36
-    assert [r["style"] for r in rows[:6]] == STYLES  # deterministic order: question, then style
+    assert len({(r["qid"], r["style"], r["sample"]) for r in rows}) == PATHS
+    assert [r["style"] for r in rows[: len(STYLES)]] == STYLES  # deterministic order: question, then style
     assert any(r["correct"] for r in rows) and not all(r["correct"] for r in rows)
     first_bytes = (run / "paths.jsonl").read_bytes()
 
     with Store(run / "store.sqlite") as st:
         calls_before = st.usage("teacher")["calls"]
     again = generate_stage.run(cfg, run)
-    assert again["calls_issued"] == 0 and again["calls_cached"] == 36
+    assert again["calls_issued"] == 0 and again["calls_cached"] == PATHS
     with Store(run / "store.sqlite") as st:
-        assert st.usage("teacher")["calls"] == calls_before == 36
+        assert st.usage("teacher")["calls"] == calls_before == PATHS
         assert st.reissued_keys() == []
     assert (run / "paths.jsonl").read_bytes() == first_bytes
 
     meta = json.loads((run / "meta" / "generate.json").read_text())
     assert meta["seed"] == cfg.seed and meta["git_sha"] and meta["config"]["generate"]["styles"] == STYLES
-    assert meta["summary"]["paths"] == 36
+    assert meta["summary"]["paths"] == PATHS
 
     report = filter_stage.run(cfg, run)
     filtered = read_rows(run / "filtered.jsonl")
-    assert len(filtered) == 36
+    assert len(filtered) == PATHS
     for r in filtered:
         assert PATH_FIELDS <= set(r) and "judge" in r and "kept" in r
         if not r["correct"]:
@@ -80,18 +82,18 @@ def test_generate_then_filter_via_stage_functions(tmp_path, capsys):
             assert set(r["judge"]) == {"valid", "reason", "parsed"}
             assert r["kept"] == (r["judge"]["valid"] and r["judge"]["parsed"])
     o = report["overall"]
-    assert o["total"] == 36 == sum(o[k] for k in ("wrong_answer", "judged_invalid", "unparseable", "kept"))
+    assert o["total"] == PATHS == sum(o[k] for k in ("wrong_answer", "judged_invalid", "unparseable", "kept"))
     assert o["kept"] == sum(r["kept"] for r in filtered)
     assert o["wrong_answer"] == sum(not r["correct"] for r in filtered)
     for group in ("by_task", "by_style"):
-        assert sum(c["total"] for c in report[group].values()) == 36
+        assert sum(c["total"] for c in report[group].values()) == PATHS
     assert set(report["by_style"]) == set(STYLES)
     assert set(report["by_task"]) == {"procedural_date", "procedural_arith"}
     for task, styles in report["by_task_style"].items():
         assert set(styles) == set(STYLES)
         assert sum(c["kept"] for c in styles.values()) == report["by_task"][task]["kept"]
     planted = report["planted"]
-    assert planted["paths_with_planted_info"] == 36 and set(planted["by_style"]) == set(STYLES)
+    assert planted["paths_with_planted_info"] == PATHS and set(planted["by_style"]) == set(STYLES)
     on_disk = json.loads((run / "filter_report.json").read_text())
     assert on_disk["overall"] == o
     meta = json.loads((run / "meta" / "filter.json").read_text())

@@ -34,12 +34,12 @@ def test_two_gemma_students_learn_and_adapters_reload(tmp_path, gemma_path, mini
     from qrdistill.stages import train as train_stage
     from qrdistill.train.data import build_items, load_kept
 
-    paths = make_filtered(tmp_path / "paths", limit=2)
+    paths = make_filtered(tmp_path / "paths", limit=3)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(paths, run_dir / "filtered.jsonl")
     items = build_items(load_kept(paths), "qrdistill")
-    assert 8 <= len(items) <= 24
+    assert 8 <= len(items) <= 18  # 3 questions x 2 tasks x the demo's 3 styles, less what the filter drops
 
     cfg = RunConfig.model_validate({"run_dir": str(run_dir), "train": {
         "students": [
@@ -101,5 +101,5 @@ def test_default_students_train_whole_pairs_and_record_it(tmp_path, gemma_path, 
     assert len(final) == summary["paths"] and all(len(r["probs"]) == 2 for r in final)
     log = [json.loads(x) for x in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
     # peer_forward: every path compares the two students, so the router learns from every path.
-    assert [r["router_compared_paths"] for r in log] == [4, 4, 4]
+    assert [r["router_compared_paths"] for r in log] == [min(4, summary["paths"] - 4 * k) for k in range(3)]
     assert summary["router_mode"] == "learned" and summary["steps"] == 3
