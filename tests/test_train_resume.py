@@ -132,3 +132,37 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_not_repeated
     with caplog.at_level("INFO"):
         third = train_stage.run(cfg, run_dir, max_steps=3)
     assert third["steps"] == 3 and "resuming" not in caplog.text
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_not_executed(tmp_path):
+    """A run directory from someone else is data: a state.pt whose unpickling would call a function is
+    refused with a clear error, and the function never runs."""
+    import pickle
+
+    import torch
+
+    from qrdistill.errors import DataError
+    from qrdistill.train.checkpoint import load_checkpoint, rng_state, set_rng_state
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    ckpt = tmp_path / "step-1"
+    ckpt.mkdir()
+    (ckpt / "state.pt").write_bytes(pickle.dumps({"step": 1, "x": Payload()}))
+    with pytest.raises(DataError, match="not loaded"):
+        load_checkpoint(ckpt, rank=0)
+    assert not marker.exists()
+
+    # What the trainer itself saves loads under weights_only, RNG state included, and restores it.
+    torch.save({"step": 2, "w": torch.ones(2)}, ckpt / "state.pt")
+    torch.save(rng_state(), ckpt / "rng-0.pt")
+    import numpy as np
+
+    expect = np.random.rand(3)
+    state, rng = load_checkpoint(ckpt, rank=0)
+    set_rng_state(rng)
+    assert state["step"] == 2 and np.allclose(np.random.rand(3), expect)

@@ -25,10 +25,16 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain Python values, so that `torch.load(weights_only=True)` reads it
+    back: a checkpoint in someone else's run directory is data, never code to unpickle."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -39,7 +45,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -93,9 +100,19 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(state, this rank's RNG state or None when the checkpoint was saved by fewer ranks)."""
+    import pickle
+
     import torch
 
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    from qrdistill.errors import DataError
+
     rng_file = path / f"rng-{rank}.pt"
-    rng = torch.load(rng_file, map_location="cpu", weights_only=False) if rng_file.exists() else None
+    try:
+        # weights_only: tensors, containers and numbers only; a file that needs more is refused, not executed.
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.exists() else None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise DataError(f"{path}: checkpoint holds something other than tensors and plain values, or is "
+                        f"damaged; it is not loaded ({str(e).splitlines()[0]}). Delete it to train from the "
+                        "previous checkpoint or from the start.") from None
     return state, rng

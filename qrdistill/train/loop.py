@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -273,10 +274,10 @@ class Trainer:
             cache: dict[str, Any] = {"encoder": enc_name, "hashes": [], "emb": None}
             if path.exists():
                 try:
-                    loaded = torch.load(path, map_location="cpu", weights_only=False)
+                    loaded = torch.load(path, map_location="cpu", weights_only=True)
                     if loaded.get("encoder") == enc_name:
                         cache = loaded
-                except (OSError, RuntimeError, EOFError, AttributeError) as e:
+                except (OSError, RuntimeError, EOFError, AttributeError, pickle.UnpicklingError) as e:
                     log.warning("ignoring unreadable %s (%s); recomputing", path, e)
             known = set(cache["hashes"])
             todo = list(dict.fromkeys(h for h in hashes if h not in known))
@@ -297,7 +298,7 @@ class Trainer:
                 tmp.replace(path)
         self.acc.wait_for_everyone()
         # Every rank (rank 0 included) reads the same file: identical inputs to the router everywhere.
-        cache = torch.load(path, map_location="cpu", weights_only=False)
+        cache = torch.load(path, map_location="cpu", weights_only=True)
         row = {h: i for i, h in enumerate(cache["hashes"])}
         return cache["emb"][[row[h] for h in hashes]].to(self.device)
 
