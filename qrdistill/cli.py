@@ -7,6 +7,7 @@ module only parses arguments, loads the config and reports errors cleanly.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -23,6 +24,16 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qrdistill", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -35,21 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE", help="Override a config field, e.g. --set train.max_steps=10 (repeatable)",
         )
         sp.add_argument("--verbose", "-v", action="store_true", help="Debug logging")
+        sp.add_argument("--force", action="store_true",
+                        help="Use a run directory that is not empty and holds no qrdistill files (e.g. --run-dir .)")
 
     for name, help_ in [
         ("generate", "Ask the teacher for reasoning paths in every style"),
         ("filter", "Keep paths with a correct answer that the judge marks valid"),
-        ("train", "Train the students jointly with routing and mutual distillation"),
-        ("evaluate", "Zero-shot CoT evaluation of base and trained students"),
+        ("train", "Train the students jointly with routing and mutual distillation (a changed config beside a "
+                  "finished training trains in <run_dir>/train.new/, which replaces train/ only once finished)"),
+        ("evaluate", "Zero-shot CoT evaluation of base and trained students (adapters only as "
+                     "train/summary.json records them)"),
         ("run", "Run every stage in order (each resumes where it stopped)"),
     ]:
-        sp = sub.add_parser(name, help=help_)
+        sp = sub.add_parser(name, help=help_, description=help_)
         common(sp)
         if name in ("generate", "filter", "evaluate", "run"):
-            sp.add_argument("--limit", type=int, help="Cap the number of questions per task")
+            sp.add_argument("--limit", type=_positive_int, help="Cap the number of questions per task")
+        if name == "generate":
+            sp.add_argument("--rebuild-store", action="store_true",
+                            help="Ask the teacher again for every path when store.sqlite is empty but "
+                                 "paths.jsonl is not (the store was lost; with a paid teacher this costs money)")
         if name in ("train", "run"):
             sp.add_argument("--max-steps", type=int, help="Cap the number of optimizer steps")
-            sp.add_argument("--resume", action="store_true", help="Continue from the last checkpoint")
+            sp.add_argument("--resume", action="store_true",
+                            help="Continue from the last good checkpoint even if the config changed")
         if name == "run":
             sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                             help="Train and evaluate once per seed, in <run_dir>/seed-<s>/ (overrides `seeds`)")
@@ -67,6 +87,7 @@ def _stage(name: str):
 
 def dispatch(args: argparse.Namespace) -> Any:
     from qrdistill.config import load_config
+    from qrdistill.io import check_run_dir
 
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
@@ -78,10 +99,12 @@ def dispatch(args: argparse.Namespace) -> Any:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     cfg = load_config(args.config, overrides)
-    run_dir = Path(cfg.run_dir)
+    run_dir = check_run_dir(Path(cfg.run_dir), force=args.force)
     opts: dict[str, Any] = {}
     if getattr(args, "limit", None) is not None:
         opts["limit"] = args.limit
+    if getattr(args, "rebuild_store", False):
+        opts["rebuild_store"] = True
     train_opts = {}
     if getattr(args, "max_steps", None) is not None:
         train_opts["max_steps"] = args.max_steps
@@ -95,8 +118,15 @@ def dispatch(args: argparse.Namespace) -> Any:
     return _stage(args.command).run(cfg, run_dir, **opts)
 
 
+#: OS errors a user's environment causes (a full disk, a read-only or foreign directory): one line, no
+#: traceback, wherever they surface. Others (EBADF, EINVAL, ...) are bugs and keep their tracebacks.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                errno.ENAMETOOLONG}
+
+
 def main(argv: list[str] | None = None) -> int:
     from qrdistill.errors import QRDistillError
+    from qrdistill.io import RedactingFilter, redact_credentials
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -105,13 +135,27 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     # Third-party chatter (HTTP request lines, HF warnings) is noise at INFO.
     for noisy in ("httpx", "openai", "urllib3", "filelock", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         dispatch(args)
     except QRDistillError as e:
-        print(f"qrdistill: error: {e}", file=sys.stderr)
+        print(f"qrdistill: error: {redact_credentials(str(e))}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        # Readers name the file and line themselves; this is the net for one that does not.
+        print(f"qrdistill: error: an input file is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+              f"as UTF-8", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"qrdistill: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("qrdistill: interrupted; run the same command again to continue where it stopped", file=sys.stderr)

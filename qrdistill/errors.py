@@ -22,3 +22,7 @@ class DataError(QRDistillError):
 
 class MissingArtifactError(QRDistillError):
     """A stage needs an artifact that an earlier stage writes."""
+
+
+class RunDirError(QRDistillError):
+    """The run directory cannot be used (a file, not writable, or a directory that is not a run dir)."""

@@ -22,8 +22,14 @@ thread); a lock makes a stray callback from a worker thread safe anyway.
 
 Secrets: a request is stored as its messages, sampling params and sample
 index — never headers or keys. As a second line of defence, the value of the
-backend's `api_key_env` variable is redacted from every text the store writes
-(error messages from HTTP clients sometimes echo what they were sent).
+backend's `api_key_env` variable, and any credential inside its `base_url`,
+is redacted from every text the store writes (error messages from HTTP
+clients sometimes echo what they were sent); errors, requests and meta also
+have the credentials of any URL in them redacted.
+
+A write that fails (disk full, read-only file system) raises a
+`QRDistillError` that quotes SQLite's own reason; what was committed before
+it stays committed.
 
 Tables:
 - `completions`: one row per request key (latest result; `ok` rows are final).
@@ -48,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from qrdistill.backends.base import Backend, Completion, Request
-from qrdistill.errors import DataError
+from qrdistill.errors import DataError, QRDistillError
+from qrdistill.io import redact_credentials, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +124,30 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def _is_write_failure(e: sqlite3.Error) -> bool:
+    """SQLite could not write (disk full, read-only, cannot create the file), as opposed to a bad file."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM")):
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("disk is full", "readonly database", "unable to open", "disk i/o error"))
+
+
 class Store:
     """SQLite store of completions. Use as a context manager or call `close()`."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._secrets: set[str] = set()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per completion.
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per completion.
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            raise QRDistillError(f"{self.path}: cannot open the completion store for writing "
+                                 f"({getattr(e, 'strerror', None) or e}); fix the run directory's permissions "
+                                 f"or free disk space") from None
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout=30000")
@@ -141,6 +162,8 @@ class Store:
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             self._db.close()
+            if _is_write_failure(e):
+                raise self._write_error(e) from None
             # Never delete or rewrite it: it may hold paid-for completions.
             raise DataError(f"{self.path}: not a readable completion store ({e}); move it aside to start a "
                             f"fresh one") from None
@@ -166,12 +189,31 @@ class Store:
         if value and len(value) >= 4:
             self._secrets.add(value)
 
-    def _redact(self, text: str | None) -> str | None:
+    def _redact(self, text: str | None, urls: bool = True) -> str | None:
+        """`text` without registered secrets and, with `urls`, without the credentials of any URL in it.
+
+        Completion texts pass `urls=False`: a teacher's program may legitimately contain
+        `?token=...`, and it is training data; only registered secrets are cut from it.
+        """
         if text is None:
             return None
         for s in self._secrets:
             text = text.replace(s, "[REDACTED]")
-        return text
+        return redact_credentials(text) if urls else text
+
+    def _write_error(self, e: sqlite3.Error) -> QRDistillError:
+        return QRDistillError(
+            f"{self.path}: cannot write to the completion store: {e}; every completion stored before this one is "
+            f"kept: free disk space (or make the run directory writable) and run the same command again to "
+            f"continue where it stopped"
+        )
+
+    def teacher_paths_stored(self) -> int:
+        """Teacher completions stored `ok` (0 for a store that is new, or was emptied or replaced)."""
+        with self._lock:
+            return int(self._db.execute(
+                "SELECT COUNT(*) FROM completions WHERE kind = 'teacher' AND status = 'ok'"
+            ).fetchone()[0])
 
     def _clean_request(self, req: Request, params: dict[str, Any]) -> str:
         safe = {k: v for k, v in params.items() if k.lower() not in _SECRET_PARAM_NAMES}
@@ -283,7 +325,7 @@ class Store:
                            updated = excluded.updated
                        WHERE completions.status != 'ok'""",
                     (key, kind, backend.label, backend.model, self._clean_request(req, params),
-                     self._redact(comp.text), status, self._redact(comp.error), comp.prompt_tokens,
+                     self._redact(comp.text, urls=False), status, self._redact(comp.error), comp.prompt_tokens,
                      comp.completion_tokens, comp.latency, comp.attempts, comp.finish_reason,
                      self._redact(_json(comp.meta or {})), now, now),
                 )
@@ -293,22 +335,36 @@ class Store:
                         (0 if comp.ok else 1, batch),
                     )
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as e:
+                # SQLite rolls back by itself on some errors (SQLITE_FULL among them); a second ROLLBACK
+                # would fail with "cannot rollback" and hide the reason the user needs to see.
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(e, sqlite3.Error):
+                    raise self._write_error(e) from e
                 raise
 
     def _begin_batch(self, kind: str, backend: Backend, desc: str, requested: int, cached: int, pending: int) -> int:
         with self._lock:
-            cur = self._db.execute(
-                """INSERT INTO batches (kind, backend, description, pid, started, requested, cached, pending)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                (kind, backend.label, desc, os.getpid(), _now(), requested, cached, pending),
-            )
+            try:
+                cur = self._db.execute(
+                    """INSERT INTO batches (kind, backend, description, pid, started, requested, cached, pending)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (kind, backend.label, desc, os.getpid(), _now(), requested, cached, pending),
+                )
+            except sqlite3.Error as e:
+                raise self._write_error(e) from e
             return int(cur.lastrowid)
 
     def _end_batch(self, batch: int) -> None:
         with self._lock:
-            self._db.execute("UPDATE batches SET finished = ? WHERE id = ?", (_now(), batch))
+            try:
+                self._db.execute("UPDATE batches SET finished = ? WHERE id = ?", (_now(), batch))
+            except sqlite3.Error as e:
+                raise self._write_error(e) from e
 
 
 def _row_to_completion(row: sqlite3.Row) -> Completion:
@@ -348,6 +404,8 @@ def run_cached(
     key_env = getattr(backend.config, "api_key_env", None)
     if key_env:
         store.add_secret(os.environ.get(key_env))
+    for secret in url_secrets(getattr(backend.config, "base_url", None)):
+        store.add_secret(secret)
 
     by_key: dict[str, Request] = {}
     for req in requests:

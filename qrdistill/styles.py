@@ -7,7 +7,13 @@ config (`generate.custom_styles`).
 
 from __future__ import annotations
 
+import re
+
 from qrdistill.errors import ConfigError
+
+#: The only placeholder `render` fills in a style template.
+PLACEHOLDERS = ("question",)
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 STYLES: dict[str, str] = {
     "vanilla": "Reason to solve the problem:\n{question}",
@@ -49,6 +55,11 @@ def resolve_styles(names: list[str], custom: dict[str, str] | None = None) -> di
             )
         out[name] = table[name]
     return out
+
+
+def unknown_placeholders(template: str, known: tuple[str, ...] = PLACEHOLDERS) -> list[str]:
+    """`{name}` fields of `template` that nothing fills in (they would reach the model literally)."""
+    return sorted({f"{{{m}}}" for m in _PLACEHOLDER.findall(template) if m not in known})
 
 
 def render(template: str, question: str, answer_instruction: str) -> str:

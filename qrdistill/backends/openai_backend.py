@@ -14,11 +14,15 @@ Retries are our own loop, not the client's (the client is built with
 valid JSON, and one loop makes the count exact: a request is sent at most
 ``max_retries + 1`` times, whatever went wrong. Retried: HTTP 408/409/429/5xx,
 timeouts (``timeout`` seconds for the whole attempt), connection errors and
-unparseable bodies. The timeout is httpx's (connect, write, and each wait for
-response bytes; a non-streamed completion sends nothing until it is done, so
-for a hung or slow server it bounds the whole attempt); it does not count time
-spent in our own process, such as the client's lazy imports on first use, which
-under CPU load would otherwise time out requests that never left. Every other status (400, 401, 403, 404, 422, ...) fails at
+unparseable bodies. The timeout is a deadline on the whole attempt, from
+sending the request to the parsed body, so a server that drips a byte now
+and then cannot hold a call open (httpx's own timeouts bound each wait for
+bytes, not their sum); the client's lazy imports happen before the first
+attempt starts, so under CPU load they do not time out requests that never
+left. A response body over ``max_response_bytes`` fails at once, without
+retry: it is never read past the limit (bodies are asked uncompressed, and a
+compressed one, whose size cannot be bounded, is refused the same way).
+Every other status (400, 401, 403, 404, 422, ...) fails at
 once. The wait before retry *n* (1-based) is the server's ``Retry-After`` (or
 ``retry-after-ms``; seconds or an HTTP date) when given, else an
 exponential backoff ``backoff_base * 2**(n-1)`` with equal jitter (between half
@@ -128,6 +132,49 @@ class _Unparseable(Exception):
     """A 2xx response whose body is not the JSON completion object we asked for."""
 
 
+class ResponseTooLarge(Exception):
+    """A response body over `max_response_bytes`, or compressed so that its size cannot be bounded."""
+
+
+def capped_http_client(limit: int) -> Any:
+    """openai's default async httpx client, reading at most `limit` bytes of any response body.
+
+    A response hook runs after the headers and before the body is read (for a direct connection
+    and a proxy alike): it refuses a declared length over the limit and wraps the body in a
+    counter that raises as soon as the limit is passed, so an oversized body is never held.
+    """
+    import httpx
+    from openai import DefaultAsyncHttpxClient
+
+    class CappedStream(httpx.AsyncByteStream):
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        async def __aiter__(self) -> Any:
+            seen = 0
+            async for chunk in self._inner:
+                seen += len(chunk)
+                if seen > limit:
+                    raise ResponseTooLarge(f"response larger than max_response_bytes ({limit} bytes)")
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    async def cap(response: Any) -> None:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # A few kB of gzip can inflate to gigabytes; the limit counts what arrives.
+            raise ResponseTooLarge(f"compressed response (Content-Encoding: {encoding}) although none was "
+                                   "asked for; its size cannot be bounded")
+        declared = response.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(f"response of {declared} bytes is larger than max_response_bytes ({limit} bytes)")
+        response.stream = CappedStream(response.stream)
+
+    return DefaultAsyncHttpxClient(event_hooks={"response": [cap]}, headers={"Accept-Encoding": "identity"})
+
+
 def drive_async(
     run: Callable[[OnResult], Awaitable[None]],
     on_result: OnResult,
@@ -198,7 +245,14 @@ class OpenAIBackend(Backend):
             return key
         if is_local_url(c.base_url):
             return LOCAL_PLACEHOLDER_KEY
-        where = c.base_url or "the OpenAI API"
+        from qrdistill.config.generate import looks_like_key
+        from qrdistill.io import redact_credentials
+
+        where = redact_credentials(c.base_url) if c.base_url else "the OpenAI API"
+        if var and looks_like_key(var):
+            # Config validation refuses this; a config built in code skips it, and the value may be the key.
+            raise ConfigError("config field api_key_env: expects the name of an environment variable, and the "
+                              "value given looks like a key (not repeated here)")
         if not var:
             raise ConfigError(
                 f"config field api_key_env is empty but {where} needs an API key: "
@@ -258,7 +312,10 @@ class OpenAIBackend(Backend):
 
         c = self.config
         # The client lives inside this loop (its connection pool is bound to it); retries are ours.
-        client = AsyncOpenAI(api_key=self._api_key, base_url=c.base_url, timeout=c.timeout, max_retries=0)
+        client = AsyncOpenAI(api_key=self._api_key, base_url=c.base_url, timeout=c.timeout, max_retries=0,
+                             http_client=capped_http_client(c.max_response_bytes))
+        # The resource is imported on first access; done here, that is not charged to any attempt's deadline.
+        _ = client.chat.completions if c.mode == "chat" else client.completions
         sem = asyncio.Semaphore(c.max_concurrency)
         limiter = TokenBucket(c.requests_per_minute) if c.requests_per_minute else None
 
@@ -293,7 +350,7 @@ class OpenAIBackend(Backend):
                 await limiter.acquire()
             t0 = time.monotonic()
             try:
-                resp = await self._send(client, req)
+                resp = await asyncio.wait_for(self._send(client, req), timeout=c.timeout)
                 comp = self._to_completion(resp)
             except openai.APIStatusError as e:
                 status = e.status_code
@@ -301,9 +358,11 @@ class OpenAIBackend(Backend):
                 if not (status in _RETRY_STATUS or status >= 500):
                     return self._failed(error, attempt, start)
                 retry_after = parse_retry_after(e.response.headers)
-            except openai.APITimeoutError:
+            except (openai.APITimeoutError, asyncio.TimeoutError):
                 error = f"timeout after {c.timeout:g}s"
             except openai.APIConnectionError as e:
+                if isinstance(e.__cause__, ResponseTooLarge):
+                    return self._failed(str(e.__cause__), attempt, start)
                 error = f"connection error: {_short(str(e.__cause__ or e))}"
             except (_Unparseable, ValueError) as e:
                 # json.JSONDecodeError is a ValueError: a 200 whose body is not JSON.
@@ -380,4 +439,13 @@ def _short(text: str, n: int = 200) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-__all__ = ["OpenAIBackend", "TokenBucket", "drive_async", "is_local_url", "parse_retry_after", "render_plain_prompt"]
+__all__ = [
+    "OpenAIBackend",
+    "ResponseTooLarge",
+    "TokenBucket",
+    "capped_http_client",
+    "drive_async",
+    "is_local_url",
+    "parse_retry_after",
+    "render_plain_prompt",
+]

@@ -10,7 +10,7 @@ when the value came from a file, its line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -49,8 +49,9 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: str = Field("runs/default", description="Directory holding every artifact of this run.")
-    seed: int = Field(0, description="Global seed: data order, sampling, router noise, simulated teacher.")
-    seeds: list[int] | None = Field(
+    # strict: YAML reads `seed: true` as a boolean, which a lax int would silently take as 1.
+    seed: int = Field(0, strict=True, description="Global seed: data order, sampling, router noise, simulated teacher.")
+    seeds: list[Annotated[int, Field(strict=True)]] | None = Field(
         None, description="`qrdistill run` trains and evaluates once per seed, each in <run_dir>/seed-<s>/ "
         "(teacher paths generated and filtered once); analyze reports mean and spread over seeds.",
     )
@@ -80,6 +81,13 @@ class RunConfig(BaseModel):
     def _non_empty(cls, v: list[TaskSpec]) -> list[TaskSpec]:
         if not v:
             raise ValueError("at least one task is required")
+        # Paths are identified by task name and question id: two entries of one task would mix their questions.
+        first: dict[str, int] = {}
+        for i, spec in enumerate(v):
+            if spec.name in first:
+                raise ValueError(f"task {spec.name!r} is listed twice (tasks.{first[spec.name]} and tasks.{i}); "
+                                 f"list each task once")
+            first[spec.name] = i
         return v
 
     @field_validator("seeds")
@@ -88,6 +96,15 @@ class RunConfig(BaseModel):
         if v is not None and (not v or len(set(v)) != len(v)):
             raise ValueError("give distinct seeds, e.g. [0, 1, 2], or leave seeds unset for one run")
         return v
+
+
+def _yaml_loader() -> Any:
+    """The safe loader, libyaml's when installed: PyYAML's pure-Python scanner is quadratic in nested
+    flow collections (a few KB of `[` take seconds, more take minutes); libyaml is linear and caps
+    the nesting depth."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
@@ -109,12 +126,61 @@ def _yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
                 walk(v, p)
 
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
+        root = yaml.compose(text, Loader=_yaml_loader())
+        if root is not None:
+            _check_node_graph(root)
+            walk(root, ())
+    except (yaml.YAMLError, _AliasError, RecursionError):
         return lines
-    if root is not None:
-        walk(root, ())
     return lines
+
+
+#: Values a config may expand to once YAML aliases are followed; real configs hold a few hundred.
+MAX_CONFIG_NODES = 100_000
+
+
+class _AliasError(Exception):
+    def __init__(self, line: int, msg: str) -> None:
+        super().__init__(msg)
+        self.line, self.msg = line, msg
+
+
+def _check_node_graph(root: Any) -> None:
+    """Refuse a YAML document whose aliases refer to themselves or expand to a huge tree.
+
+    PyYAML builds a self-referencing alias (`a: &x [*x]`) into a cyclic list, and nested aliases
+    (the "billion laughs") into a tree of exponential size; validating either would recurse
+    without end or run for hours.
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _AliasError(node.start_mark.line + 1, "invalid YAML (an alias refers to the value it names)")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            children = [c for pair in node.value for c in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_NODES:
+                raise _AliasError(node.start_mark.line + 1, f"invalid YAML (the aliases expand to more than "
+                                  f"{MAX_CONFIG_NODES} values)")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def format_validation_error(err: ValidationError, source: str | None = None, text: str | None = None) -> str:
@@ -141,8 +207,6 @@ def format_validation_error(err: ValidationError, source: str | None = None, tex
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load and validate a run config; `None` gives the built-in offline default."""
-    import yaml
-
     data: dict[str, Any] = {}
     text = None
     source = None
@@ -151,15 +215,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         source = str(p)
         if not p.exists():
             raise ConfigError(f"{p}: config file not found")
-        text = p.read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a config must be a YAML mapping of sections")
+        text = _read_config_text(p)
+        data = _parse_yaml(p, text)
     if path is None:
         # The built-in demo: its own evaluation sample, which --set evaluate.* fields refine.
         data["evaluate"] = demo_evaluate().model_dump(mode="json", exclude_unset=True)
@@ -170,6 +227,48 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source, text)) from None
+    except RecursionError:
+        raise ConfigError(f"{source or 'config'}: values nested too deeply") from None
+
+
+def _read_config_text(p: Path) -> str:
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the config as UTF-8") from None
+
+
+def _parse_yaml(p: Path, text: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=_yaml_loader())
+        if root is not None:
+            _check_node_graph(root)
+        data = yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{line}: invalid YAML ({problem})") from None
+    except _AliasError as e:
+        raise ConfigError(f"{p}:{e.line}: {e.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML (nested too deeply)") from None
+    except Exception as e:  # noqa: BLE001
+        # PyYAML's constructors let other errors through on explicit tags and odd scalars (a date
+        # 2024-13-45, a huge !!int, an empty !!timestamp); whatever they raise, the text is at fault.
+        raise ConfigError(f"{p}: invalid YAML value ({type(e).__name__}: {e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config must be a YAML mapping of sections")
+    return data
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qrdistill.config.generate import TaskSpec
+from qrdistill.config.generate import StrictPositiveInt, TaskSpec
 
 
 class EvalTaskSpec(TaskSpec):
@@ -30,16 +30,16 @@ class EvaluateConfig(BaseModel):
             "(error if untrained); auto: base models, plus the adapters when the train stage has run."
         ),
     )
-    limit: PositiveInt | None = Field(None, description="Evaluate the first N test questions of each task.")
-    batch_size: PositiveInt = Field(8, description="Questions generated at once (left-padded greedy decoding).")
-    max_new_tokens: Literal["auto"] | PositiveInt = Field(
+    limit: StrictPositiveInt | None = Field(None, description="Evaluate the first N test questions of each task.")
+    batch_size: StrictPositiveInt = Field(8, description="Questions generated at once (left-padded greedy decoding).")
+    max_new_tokens: Literal["auto"] | StrictPositiveInt = Field(
         "auto",
         description="Generation limit per answer. auto: a trained student gets 1.25 x the p99 token length of its "
         "own training responses (from train/summary.json), a base model its task's default (`base_max_new_tokens` "
         "overrides it). Answers stop at EOS or once their answer line is complete, so a long budget costs "
         "nothing when answers are short.",
     )
-    base_max_new_tokens: PositiveInt | None = Field(
+    base_max_new_tokens: StrictPositiveInt | None = Field(
         None, description="max_new_tokens: auto for base (zero-shot) models; None = each task's default."
     )
     stop_at_answer: bool = Field(
@@ -53,7 +53,7 @@ class EvaluateConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = float32 on CPU (bf16 is slower there), bfloat16 on CUDA."
     )
-    bootstrap_resamples: PositiveInt = Field(1000, description="Resamples for the accuracy confidence interval.")
+    bootstrap_resamples: StrictPositiveInt = Field(1000, description="Resamples for the accuracy confidence interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")
 
     @field_validator("tasks")
@@ -61,4 +61,12 @@ class EvaluateConfig(BaseModel):
     def _non_empty(cls, v: list[EvalTaskSpec] | None) -> list[EvalTaskSpec] | None:
         if v is not None and not v:
             raise ValueError("give at least one task, or leave evaluate.tasks unset for the test splits of `tasks`")
+        # The same task on other splits or subsets is fine (each gets its own label); the same entry twice
+        # would only evaluate it twice under two labels.
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(v or []):
+            key = spec.model_dump_json()
+            if key in seen:
+                raise ValueError(f"tasks.{seen[key]} and tasks.{i} are the same task entry; list it once")
+            seen[key] = i
         return v

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: An int that refuses booleans: YAML reads `samples_per_style: true` as True, which a lax int takes as 1.
+StrictPositiveInt = Annotated[int, Field(strict=True, gt=0)]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_like_key(value: str) -> bool:
+    """Whether `value` reads as a credential rather than an environment variable name.
+
+    Variable names are words joined by `_`; keys are long runs of mixed characters (`sk-...`,
+    `hf_` + 34 random letters and digits, 32+ hex digits).
+    """
+    if not _ENV_NAME.fullmatch(value):
+        return True
+    for part in value.split("_"):
+        digits = sum(c.isdigit() for c in part)
+        mixed_case = any(c.islower() for c in part) and any(c.isupper() for c in part)
+        if len(part) >= 16 and digits >= 2 and digits < len(part):
+            return True
+        if len(part) >= 24 and mixed_case:
+            return True
+    return False
 
 
 class TaskSpec(BaseModel):
@@ -15,8 +38,8 @@ class TaskSpec(BaseModel):
     name: str = Field(description="Registered task name (see `qrdistill.tasks.TASKS`).")
     split: str = Field("train", description="Split to load.")
     path: str | None = Field(None, description="Local file (JSON/JSONL/Parquet); None = hub id or built-in.")
-    limit: PositiveInt | None = Field(None, description="Keep the first N questions.")
-    difficulty: list[int] | None = Field(
+    limit: StrictPositiveInt | None = Field(None, description="Keep the first N questions.")
+    difficulty: list[Annotated[int, Field(strict=True)]] | None = Field(
         None, description="Keep only questions of these difficulty levels (tasks whose records carry "
         "meta.difficulty, e.g. the procedural family: 1-4); the limit applies after this filter.",
     )
@@ -35,7 +58,7 @@ class _BackendBase(BaseModel):
     model: str = Field("", description="Model name or path as the backend knows it.")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: PositiveInt = Field(512, description="Completion token limit.")
+    max_tokens: StrictPositiveInt = Field(512, description="Completion token limit.")
     stop: list[str] = Field(default_factory=list)
 
 
@@ -47,15 +70,34 @@ class OpenAIBackendConfig(_BackendBase):
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the key (never the key)."
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name_not_key(cls, v: str | None) -> str | None:
+        # The message never repeats the value: it may be the key itself, and errors reach terminals and logs.
+        if v and looks_like_key(v):
+            raise ValueError(
+                "expects the NAME of the environment variable that holds the API key (letters, digits and _), "
+                "and the value given is not one (it looks like a key itself; it is not repeated here): "
+                "export MY_API_KEY=<the key> and set api_key_env: MY_API_KEY"
+            )
+        return v
     mode: Literal["chat", "completions"] = Field(
         "chat", description="chat: /v1/chat/completions; completions: /v1/completions (base models)."
     )
-    max_concurrency: PositiveInt = Field(8, description="Requests in flight at once.")
-    timeout: float = Field(120.0, gt=0, description="Seconds per request before it counts as failed.")
-    max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts/bad JSON.")
+    max_concurrency: StrictPositiveInt = Field(8, description="Requests in flight at once.")
+    timeout: float = Field(
+        120.0, gt=0, description="Seconds per attempt (sending the request to the parsed body) before it fails."
+    )
+    max_retries: int = Field(5, ge=0, le=50, strict=True, description="Retries on 429/5xx/timeouts/bad JSON.")
     backoff_base: float = Field(1.0, gt=0, description="First backoff in seconds; doubles per retry.")
     backoff_max: float = Field(60.0, gt=0)
-    requests_per_minute: PositiveInt | None = Field(None, description="Optional client-side rate limit.")
+    requests_per_minute: StrictPositiveInt | None = Field(None, description="Optional client-side rate limit.")
+    max_response_bytes: StrictPositiveInt = Field(
+        4 * 1024 * 1024,
+        description="Largest response body read (bytes); a larger one is an error, not stored, and is not read "
+        "past the limit. A completion of max_tokens tokens is a few kB per thousand tokens.",
+    )
 
 
 class HFBackendConfig(_BackendBase):
@@ -63,7 +105,7 @@ class HFBackendConfig(_BackendBase):
 
     kind: Literal["hf"] = "hf"
     model: str = Field("gemma3-270m", description="HF id, local path, or `gemma3-270m` (bundled GGUF).")
-    batch_size: PositiveInt = 8
+    batch_size: StrictPositiveInt = 8
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
@@ -73,7 +115,7 @@ class VLLMBackendConfig(_BackendBase):
     """vLLM offline batch generation (optional extra `qrdistill[vllm]`)."""
 
     kind: Literal["vllm"] = "vllm"
-    tensor_parallel_size: PositiveInt = 1
+    tensor_parallel_size: StrictPositiveInt = 1
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     chat_template: bool = True
 
@@ -111,8 +153,29 @@ class GenerateConfig(BaseModel):
     custom_styles: dict[str, str] = Field(
         default_factory=dict, description="Extra styles: name -> template containing {question}."
     )
-    samples_per_style: PositiveInt = 1
+    samples_per_style: StrictPositiveInt = 1
     system_prompt: str | None = None
+
+    @field_validator("styles")
+    @classmethod
+    def _styles_once(cls, v: list[str]) -> list[str]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"{', '.join(dup)} listed twice; list each style once "
+                             f"(samples_per_style asks for several paths per style)")
+        return v
+
+    @field_validator("custom_styles")
+    @classmethod
+    def _known_placeholders(cls, v: dict[str, str]) -> dict[str, str]:
+        from qrdistill.styles import unknown_placeholders
+
+        for name, tmpl in v.items():
+            unknown = unknown_placeholders(tmpl)
+            if unknown:
+                raise ValueError(f"{name}: unknown placeholder {', '.join(unknown)} (it would be sent to the "
+                                 f"teacher literally; the only placeholder is {{question}})")
+        return v
 
     @model_validator(mode="after")
     def _check_styles(self) -> GenerateConfig:

@@ -22,7 +22,10 @@ and `base:<model>` (each unique base model of train.students once: the
 zero-shot baseline). A Distill Step-by-Step student is evaluated twice: `<name>`
 with the rationale prefix (it writes a path ending in the answer) and
 `<name>@label` with the label prefix (it writes the answer line only).
-Adapters on the same base share one loaded model.
+Adapters on the same base share one loaded model. Trained adapters are
+evaluated only when they are what the finished training recorded:
+D/train/summary.json holds the sha256 of each adapter, and adapters that do
+not match it, or whose training has not finished, are refused.
 """
 
 from __future__ import annotations
@@ -76,12 +79,27 @@ class EvalTarget:
 
 
 def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, Any]:
+    from qrdistill.stages.generate import run_dir_lock
+    from qrdistill.train.artifacts import permission_errors
+
     run_dir = Path(run_dir)
+    with permission_errors(run_dir, "evaluate"), run_dir_lock(run_dir, "evaluate"):
+        return _run(cfg, run_dir, limit)
+
+
+def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
+    from qrdistill.stages.train import STAGING_DIR, recover
+
     ecfg = cfg.evaluate
     limit = limit if limit is not None else ecfg.limit
     tasks = load_eval_tasks(cfg, limit)
+    recover(run_dir)
+    if (run_dir / STAGING_DIR).is_dir():
+        log.info("%s holds a training that has not finished; evaluating the finished one in %s",
+                 run_dir / STAGING_DIR, run_dir / "train")
     method = train_method(run_dir)
     targets, note = select_targets(cfg, run_dir, method)
+    check_trained(cfg, run_dir, targets)
     _resolve_budgets(cfg, run_dir, targets)
     if note:
         log.info(note)
@@ -204,6 +222,33 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
     return base + trained, note
 
 
+def check_trained(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None:
+    """Refuse trained adapters that are not what a finished training wrote (DataError, one line).
+
+    With D/train/summary.json: it must be complete and record, for every student, the adapter that is there
+    (sha256). Without one, adapters beside a training's log or checkpoints are left over from a training that
+    has not finished; adapters alone were put there by hand and are evaluated as they are, with a warning."""
+    from qrdistill.train.artifacts import check_training, has_traces
+
+    train_dir = run_dir / "train"
+    summary_file = train_dir / "summary.json"
+    names = [s.name for s in cfg.train.students]
+    trained = any(t.adapter is not None for t in targets)
+    if summary_file.exists() and (trained or cfg.evaluate.students == "auto"):
+        summary, why = check_training(train_dir, names)
+        if summary is None:
+            raise DataError(f"{why}; evaluate scores only the adapters a finished training wrote: run "
+                            "`qrdistill train` to train them again")
+        if "adapters" not in summary:
+            log.warning("%s predates adapter checksums: the adapters cannot be checked against it", summary_file)
+    elif trained and has_traces(train_dir):
+        raise DataError(f"{train_dir}: the training there has not finished (no summary.json), so the adapters "
+                        "under it are not its result; run `qrdistill train` to finish it")
+    elif trained:
+        log.warning("%s: adapters without a training summary (not written by `qrdistill train`); evaluating them "
+                    "as they are", train_dir / "adapters")
+
+
 def _resolve_budgets(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None:
     """max_new_tokens: auto -> each trained student's budget from its training responses' p99 length."""
     if cfg.evaluate.max_new_tokens != "auto":
@@ -258,11 +303,15 @@ def _activate_adapter(base_model: Any, peft_model: Any, target: EvalTarget) -> A
     from qrdistill.models import quiet_peft_wrap
 
     name = target.key
-    if peft_model is None:
-        with quiet_peft_wrap():
-            peft_model = PeftModel.from_pretrained(base_model, str(target.adapter), adapter_name=name)
-    elif name not in peft_model.peft_config:
-        peft_model.load_adapter(str(target.adapter), adapter_name=name)
+    try:
+        if peft_model is None:
+            with quiet_peft_wrap():
+                peft_model = PeftModel.from_pretrained(base_model, str(target.adapter), adapter_name=name)
+        elif name not in peft_model.peft_config:
+            peft_model.load_adapter(str(target.adapter), adapter_name=name)
+    except Exception as e:  # noqa: BLE001 -- whatever PEFT or safetensors raise, the cause is this folder
+        raise DataError(f"{target.adapter}: cannot load the adapter of {target.student} "
+                        f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
     peft_model.set_adapter(name)
     peft_model.eval()
     return peft_model

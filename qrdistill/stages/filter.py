@@ -18,6 +18,16 @@ and cheap, so it simply runs again. Judge calls that fail permanently follow
 generate's policy: the artifacts are written with those paths not kept, the
 report counts the failures (`judge_calls`), and the stage then raises so the
 CLI exits non-zero; running filter again retries only the failed calls.
+
+`filter.execute_programs.enabled` adds a step between the two: the code of
+each program-style path that passed step 1 runs in a sandbox
+(`qrdistill/sandbox.py`), and a path is kept only if its program prints the
+gold answer (verdict `pass`); any other verdict, including `no_code` for a
+program path without a code block, drops it before the judge. Each path's
+`execution` ({verdict, reason, stdout_tail}; null for paths not run) goes to
+filtered.jsonl, the verdict counts per task x style to the report's
+`execution`, and the outcome `execution_failed` to the counts. Results are
+kept in `D/executions.sqlite`, so a re-run executes only new programs.
 """
 
 from __future__ import annotations
@@ -27,13 +37,25 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from qrdistill.errors import QRDistillError
+from qrdistill.errors import DataError, QRDistillError
 
 log = logging.getLogger(__name__)
 
 FILTERED_FILE = "filtered.jsonl"
 REPORT_FILE = "filter_report.json"
 OUTCOMES = ("total", "wrong_answer", "judged_invalid", "unparseable", "kept")
+#: The outcome of a program-style path whose program did not print the gold answer (filter.execute_programs).
+EXECUTION_FAILED = "execution_failed"
+#: The outcome of a path whose answer the task's check could not decide (see `_mark_unverifiable`).
+UNVERIFIABLE = "unverifiable"
+#: Fields of a paths.jsonl row the filter reads, and the JSON types they must have.
+PATH_FIELDS: dict[str, tuple[type, ...]] = {
+    "qid": (str,), "task": (str,), "style": (str,), "prompt": (str,), "response": (str,), "correct": (bool,),
+}
+OPTIONAL_PATH_FIELDS: dict[str, tuple[type, ...]] = {
+    "question": (str, type(None)), "meta": (dict, type(None)), "sample": (int,),
+}
+_JSON_TYPE = {str: "a string", bool: "true or false", dict: "an object", int: "an integer", type(None): "null"}
 
 
 def is_clean(planted: Any) -> bool:
@@ -52,7 +74,9 @@ def outcome(row: dict[str, Any]) -> str:
     if row["kept"]:
         return "kept"
     if not row["correct"]:
-        return "wrong_answer"
+        return UNVERIFIABLE if row.get("check") == UNVERIFIABLE else "wrong_answer"
+    if (row.get("execution") or {}).get("verdict", "pass") != "pass":
+        return EXECUTION_FAILED
     judge = row.get("judge") or {}
     if judge and not judge.get("parsed", True):
         return "unparseable"
@@ -65,7 +89,10 @@ def count_outcomes(rows: list[dict[str, Any]], by: str | None) -> dict[str, dict
         c = groups[r[by] if by else "all"]
         c["total"] += 1
         c[outcome(r)] += 1
-    return {g: {k: int(c.get(k, 0)) for k in OUTCOMES} for g, c in groups.items()}
+    # The column exists only where programs were executed, so other runs' reports keep their shape.
+    keys = OUTCOMES + ((EXECUTION_FAILED,) if any("execution" in r for r in rows) else ())
+    keys += (UNVERIFIABLE,) if any(r.get("check") == UNVERIFIABLE for r in rows) else ()
+    return {g: {k: int(c.get(k, 0)) for k in keys} for g, c in groups.items()}
 
 
 def planted_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,9 +146,33 @@ def _limit_questions(rows: list[dict[str, Any]], limit: int | None) -> list[dict
     return out
 
 
+def read_paths(path: Path) -> list[dict[str, Any]]:
+    """The rows of paths.jsonl, each checked for the fields and types the filter relies on."""
+    from qrdistill.io import iter_jsonl_lines
+
+    rows = []
+    for lineno, row in iter_jsonl_lines(path, required=tuple(PATH_FIELDS)):
+        for name, types in (*PATH_FIELDS.items(), *OPTIONAL_PATH_FIELDS.items()):
+            if name not in row:
+                continue
+            value = row[name]
+            # bool is an int in Python, but `sample: true` is not a sample index.
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                want = " or ".join(_JSON_TYPE[t] for t in types)
+                raise DataError(f"{path}:{lineno}: field {name} must be {want}, got {type(value).__name__}; "
+                                f"run `qrdistill generate` again to rewrite {path.name} from the store")
+        if row.get("meta") is None:
+            row["meta"] = {}
+        rows.append(row)
+    return rows
+
+
 def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
     from qrdistill.io import require_artifact
     from qrdistill.stages.generate import PATHS_FILE, run_dir_lock
+
+    if limit is not None and limit < 1:
+        raise QRDistillError(f"--limit {limit}: give a number of questions per task of at least 1")
 
     run_dir = Path(run_dir)
     require_artifact(run_dir / PATHS_FILE, "generate")
@@ -136,26 +187,30 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
         atomic_write_json,
         atomic_write_jsonl,
         read_json,
-        read_jsonl,
         require_artifact,
         write_run_meta,
     )
     from qrdistill.stages.generate import PATHS_FILE, STORE_FILE
 
     paths_file = require_artifact(run_dir / PATHS_FILE, "generate")
-    rows = read_jsonl(paths_file, required=("qid", "task", "style", "prompt", "response", "correct"))
-    for r in rows:
-        r.setdefault("meta", {})
+    rows = read_paths(paths_file)
+    if not rows:
+        # Writing on would replace filtered.jsonl with an empty pool and let training start on nothing.
+        raise DataError(f"{paths_file}: no paths to filter (the file is empty); run `qrdistill generate` to "
+                        f"write it again ({run_dir / FILTERED_FILE} is left as it was)")
     rows = _limit_questions(rows, limit)
     gen_meta = run_dir / "meta" / "generate.json"
     if gen_meta.exists():
-        failed = (read_json(gen_meta).get("summary") or {}).get("failed_calls") or 0
-        if failed:
+        meta = read_json(gen_meta)
+        summary = meta.get("summary") if isinstance(meta, dict) else None
+        failed = summary.get("failed_calls") if isinstance(summary, dict) else None
+        if isinstance(failed, int) and failed:
             log.warning("generate left %d teacher calls unanswered; filtering the %d paths it wrote "
                         "(run `qrdistill generate` again to complete the pool)", failed, len(rows))
 
     fc = cfg.filter
     judge_calls: dict[str, int] = {}
+    execution: dict[str, Any] | None = None
     judge_kind = fc.judge.kind if fc.enabled else None
     if not fc.enabled:
         mode = "disabled (ablation 'w/o quality filter'): every path kept, no answer check, no judge"
@@ -166,6 +221,14 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
         for r in rows:
             r["judge"], r["kept"] = None, False
         correct = [r for r in rows if r["correct"]]
+        _mark_unverifiable([r for r in rows if not r["correct"]])
+        if fc.execute_programs.enabled:
+            from qrdistill.sandbox import EXECUTIONS_FILE, execute_programs
+
+            mode += " + program execution"
+            execution = execute_programs(rows, fc.execute_programs, run_dir / EXECUTIONS_FILE)
+            # A program path whose program does not print the gold answer is not kept, and costs no judge call.
+            correct = [r for r in correct if (r["execution"] or {}).get("verdict", "pass") == "pass"]
         if judge_kind == "none":
             for r in correct:
                 r["kept"] = True
@@ -188,6 +251,8 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     }
     if judge_calls.get("batches"):
         report["judge_calls"] = judge_calls
+    if execution is not None:
+        report["execution"] = execution
     if any("planted" in r["meta"] for r in rows):
         report["planted"] = planted_metrics(rows)
     atomic_write_json(run_dir / REPORT_FILE, report)
@@ -234,6 +299,27 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
     return verdicts, calls
 
 
+def _mark_unverifiable(rows: list[dict[str, Any]]) -> None:
+    """Set `check` ("wrong" or "unverifiable") on `rows`, the paths whose answer generate's check
+    did not confirm. paths.jsonl says only whether it confirmed one, so the check runs again to
+    tell an answer it cannot decide (a comparison past its deadline, a response too long to
+    read) from a wrong one. Neither is kept."""
+    from qrdistill.tasks import TASKS, get_task
+    from qrdistill.tasks.base import Record, Verdict
+
+    tasks: dict[str, Any] = {}
+    for r in rows:
+        if r["task"] not in TASKS:
+            continue  # registered only in the process that generated the pool: it stays a wrong answer
+        if r["task"] not in tasks:
+            tasks[r["task"]] = get_task(r["task"])
+        record = Record(id=r["qid"], question=r.get("question") or "", answer=str(r.get("answer", "")),
+                        choices=list(r.get("choices") or []), meta=dict(r["meta"].get("record") or {}))
+        verdict = tasks[r["task"]].check(r["response"], record)
+        # Confirmed now but not when generate checked: the verdict depends on the moment, so it is undecided.
+        r["check"] = "wrong" if verdict is Verdict.WRONG else UNVERIFIABLE
+
+
 def _print_summary(report: dict[str, Any]) -> None:
     print(f"filter: {report['mode']}")
     width = max([len(k) for t in (report["by_task"], report["by_style"]) for k in t] + [8])
@@ -247,10 +333,20 @@ def _print_summary(report: dict[str, Any]) -> None:
         for name, counts in report[group].items():
             print(line(name, counts))
     print(line("overall", report["overall"]))
+    if report["overall"].get(UNVERIFIABLE):
+        print(f"  {report['overall'][UNVERIFIABLE]} answers the check could not decide ({UNVERIFIABLE}, not kept)")
     if "judge_calls" in report:
         c = report["judge_calls"]
         print(f"  judge calls: {c['issued']} issued, {c['cached']} cached (already stored), "
               f"{c['failed'] + c['unanswered']} failed")
+    if "execution" in report:
+        e = report["execution"]
+        verdicts: Counter = Counter()
+        for styles in e["by_task_style"].values():
+            for counts in styles.values():
+                verdicts.update(counts)
+        shown = ", ".join(f"{n} {v}" for v, n in verdicts.items() if n) or "none"
+        print(f"  programs ({e['isolation']} isolation): {e['run']} run, {e['cached']} cached; {shown}")
     if "planted" in report:
         p = report["planted"]["overall"]
 

@@ -16,6 +16,13 @@ retries only the failed calls. `qrdistill filter` run by hand on such a
 partial pool works on what is there and warns how many paths are missing,
 rather than refusing: the user has already been told, and may want to
 inspect the partial result.
+
+A lost store. When `store.sqlite` holds no teacher completion but
+`paths.jsonl` has paths, the store was emptied, truncated or replaced, and
+running on would ask the teacher for every path again (with a paid teacher,
+real money). That is refused; `--rebuild-store` (`rebuild_store=True`) is the
+explicit request to ask again, and keeps the old `paths.jsonl` beside the new
+one (`paths.before-rebuild-<time>.jsonl`).
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qrdistill.errors import DataError, QRDistillError
+from qrdistill.errors import DataError, QRDistillError, RunDirError
+from qrdistill.io import LOCK_FILE
 
 log = logging.getLogger(__name__)
 
 PATHS_FILE = "paths.jsonl"
 STORE_FILE = "store.sqlite"
-LOCK_FILE = ".qrdistill.lock"
 
 
 @contextlib.contextmanager
@@ -46,15 +53,18 @@ def run_dir_lock(run_dir: Path, stage: str) -> Iterator[None]:
     """
     from filelock import FileLock, Timeout
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run_dir / LOCK_FILE), timeout=0)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         raise QRDistillError(
             f"{run_dir}: another qrdistill process is working on this run dir; wait for it to finish "
             f"(or stop it) before running `qrdistill {stage}`"
         ) from None
+    except OSError as e:
+        raise RunDirError(f"{run_dir}: cannot use the run directory ({e.strerror or e}); fix its permissions "
+                          f"or pick another --run-dir") from None
     try:
         yield
     finally:
@@ -84,15 +94,40 @@ def path_meta(record: Any, completion: Any) -> dict[str, Any]:
     return meta
 
 
-def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
+def run(cfg: Any, run_dir: Path, limit: int | None = None, rebuild_store: bool = False) -> dict[str, Any]:
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir, "generate"):
-        return _run(cfg, run_dir, limit)
+        return _run(cfg, run_dir, limit, rebuild_store)
 
 
-def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
+def _check_store_not_lost(store: Any, run_dir: Path, rebuild_store: bool) -> None:
+    """Refuse to re-ask the teacher for a pool whose store is gone, unless asked to; see the module doc."""
+    import datetime
+    import os
+
+    from qrdistill.io import count_nonblank_lines
+
+    paths = run_dir / PATHS_FILE
+    existing = count_nonblank_lines(paths)
+    if not existing or store.teacher_paths_stored():
+        return
+    if not rebuild_store:
+        raise QRDistillError(
+            f"{store.path} holds no teacher completions but {paths} has {existing} paths: the store was emptied "
+            f"or replaced, and generating now would ask the teacher for every path again (paid calls with a "
+            f"paid teacher). Restore store.sqlite from a backup, or run `qrdistill generate --rebuild-store` to "
+            f"ask the teacher again (the current {PATHS_FILE} is kept beside the new one)"
+        )
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    backup = run_dir / f"paths.before-rebuild-{stamp}.jsonl"
+    os.replace(paths, backup)
+    log.warning("generate --rebuild-store: the store is empty; asking the teacher for every path again "
+                "(the previous %d paths are kept in %s)", existing, backup)
+
+
+def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False) -> dict[str, Any]:
     from qrdistill.backends import Request, get_backend
-    from qrdistill.io import atomic_write_jsonl, write_run_meta
+    from qrdistill.io import atomic_write_jsonl, count_nonblank_lines, not_utf8_error, write_run_meta
     from qrdistill.store import Store, run_cached
     from qrdistill.styles import render, resolve_styles
     from qrdistill.tasks import get_task
@@ -105,7 +140,12 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
 
     loaded = []
     for i, (spec, task) in enumerate(zip(cfg.tasks, tasks, strict=True)):
-        records = load_records(task, spec, _cap(spec.limit, limit), f"tasks.{i}")
+        try:
+            records = load_records(task, spec, _cap(spec.limit, limit), f"tasks.{i}")
+        except UnicodeDecodeError:
+            if not spec.path:
+                raise
+            raise not_utf8_error(spec.path) from None
         if not records:
             where = spec.path or f"task {spec.name!r} split {spec.split!r}"
             raise DataError(f"{where}: no questions to generate for (config field tasks.{i})")
@@ -138,6 +178,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with Store(run_dir / STORE_FILE) as store:
+            _check_store_not_lost(store, run_dir, rebuild_store)
             log.info("generate: %d questions × %d styles × %d samples = %d paths from %s",
                      n_questions, len(styles), gen.samples_per_style, len(plan), backend.label)
             got = run_cached(backend, store, [p[-1] for p in plan], "teacher", "generate")
@@ -175,7 +216,12 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
             "key": key,
             "meta": path_meta(record, comp),
         })
-    atomic_write_jsonl(run_dir / PATHS_FILE, rows)
+    written = bool(rows) or not count_nonblank_lines(run_dir / PATHS_FILE)
+    if written:
+        atomic_write_jsonl(run_dir / PATHS_FILE, rows)
+    else:
+        # Every call failed: an empty pool must not replace the one there (the error below says so).
+        log.warning("no teacher call succeeded; %s is left as it was", run_dir / PATHS_FILE)
 
     stats = got.stats
     summary = {
@@ -197,10 +243,11 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     _print_summary(summary)
     if failed:
         err = f" (first error: {stats['first_error']})" if stats.get("first_error") else ""
+        where = (f"the {len(rows)} paths that succeeded are stored and written to {run_dir / PATHS_FILE}"
+                 if written else f"none succeeded, so {run_dir / PATHS_FILE} was left as it was")
         raise QRDistillError(
-            f"{failed} of {len(plan)} teacher calls failed permanently{err}; the {len(rows)} paths that "
-            f"succeeded are stored and written to {run_dir / PATHS_FILE}; run `qrdistill generate` again "
-            f"to retry only the failed calls"
+            f"{failed} of {len(plan)} teacher calls failed permanently{err}; {where}; run `qrdistill generate` "
+            f"again to retry only the failed calls"
         )
     return summary
 

@@ -8,6 +8,11 @@ reads them as seeds of one run (mean and spread over seeds, paired tests
 pooled over seeds). Base models decode greedily, so their zero-shot predictions
 are the same for every seed: each later seed starts from the first seed's
 saved base predictions, which evaluate reuses only where their keys still match.
+
+Each stage takes the run-dir lock (`generate.run_dir_lock`) for itself and
+releases it when it returns, so the stages lock one after another; the lock is
+not held across stages, as a second lock of the same file in one process is
+refused, not re-entered.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def seed_dirs(run_dir: Path, seeds: list[int]) -> list[Path]:
 def run(cfg: Any, run_dir: Path, seeds: list[int] | None = None, limit: int | None = None,
         max_steps: int | None = None, resume: bool = False) -> dict[str, Any]:
     from qrdistill.stages import analyze, evaluate, filter, generate, train
+    from qrdistill.stages.generate import run_dir_lock
 
     data_opts = {} if limit is None else {"limit": limit}
     train_opts: dict[str, Any] = {"resume": resume} if resume else {}
@@ -55,14 +61,15 @@ def run(cfg: Any, run_dir: Path, seeds: list[int] | None = None, limit: int | No
     for seed, sub in zip(seeds, dirs, strict=True):
         log.info("seed %d of %s: %s", seed, ", ".join(map(str, seeds)), sub)
         scfg = cfg.model_copy(update={"seed": seed, "run_dir": str(sub), "seeds": None})
-        sub.mkdir(parents=True, exist_ok=True)
-        _share_data(run_dir, sub)
+        with run_dir_lock(sub, "run"):
+            _share_data(run_dir, sub)
         out: dict[str, Any] = {}
         if "train" in cfg.stages:
             out["train"] = train.run(scfg, sub, **train_opts)
         if "evaluate" in cfg.stages:
             if sub != dirs[0]:
-                _seed_base_predictions(dirs[0], sub)
+                with run_dir_lock(sub, "run"):
+                    _seed_base_predictions(dirs[0], sub)
             out["evaluate"] = evaluate.run(scfg, sub, **data_opts)
         per_seed.append(out)
     results["seeds"] = dict(zip(seeds, per_seed, strict=True))

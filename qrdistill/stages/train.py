@@ -3,23 +3,40 @@
 `qrdistill train` runs the method named in `train.method` through one loop
 (qrdistill.train.loop); the baselines and ablations are configs of it. Run
 again, it returns a finished training as is and continues an interrupted one
-from its last checkpoint (same config and data); `--resume` continues from the
-last checkpoint even if the config changed. Runs on
-one CPU, one GPU, or many through `accelerate launch` / `torchrun -m qrdistill
-train`; only rank 0 writes artifacts.
+from its last good checkpoint (same config and data; a damaged checkpoint is
+reported and the one before it used); `--resume` continues from the last
+checkpoint even if the config changed.
+
+A finished training is never destroyed before its replacement exists. When
+D/train/ holds a finished training (its summary.json) and the config or data
+changed, the new training runs in D/train.new/, which resumes like D/train/
+when interrupted; D/train/ stays intact and usable (evaluate reads it) until
+the new one has finished. Then two renames swap them, and the old training,
+moved to D/train.old/, is deleted file by file: only what the train stage
+writes; anything else (a user's notes) is moved into the new D/train/. A swap
+cut short by a kill is completed by the next train or evaluate.
+
+Runs on one CPU, one GPU, or many through `accelerate launch` / `torchrun -m
+qrdistill train`; only rank 0 takes the run-dir lock and writes artifacts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 FILTERED_FILE = "filtered.jsonl"
+TRAIN_DIR = "train"
+STAGING_DIR = "train.new"
+OLD_DIR = "train.old"
 
 
 def _fingerprint(cfg: Any, max_steps: int | None, filtered: Path) -> str:
@@ -33,25 +50,104 @@ def _fingerprint(cfg: Any, max_steps: int | None, filtered: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def _finished(run_dir: Path, fingerprint: str, names: list[str]) -> dict[str, Any] | None:
-    path = run_dir / "train" / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    adapters = run_dir / "train" / "adapters"
-    if summary.get("fingerprint") != fingerprint or not all((adapters / n).is_dir() for n in names):
-        return None
-    return summary
+def _rank() -> int:
+    # The launchers' global rank, known before accelerate starts; the Trainer's `main` is the same process.
+    return int(os.environ.get("RANK", "0"))
+
+
+@dataclass
+class _Plan:
+    work: Path  # where this training writes: D/train/ or D/train.new/
+    resume_from: list[Path] = field(default_factory=list)  # checkpoint folders, searched in order
+    done: dict[str, Any] | None = None  # a finished training of this config and data: nothing to do
+    staged: bool = False  # `work` is D/train.new/: it replaces D/train/ when finished
+    note: str | None = None  # why D/train/ is not kept as it is
+
+
+def _plan(run_dir: Path, fingerprint: str, resume: bool) -> _Plan:
+    """Where to train. Reads only, so every rank of a distributed run arrives at the same plan."""
+    from qrdistill.train.artifacts import SUMMARY_FILE, check_training
+
+    train, new = run_dir / TRAIN_DIR, run_dir / STAGING_DIR
+    current, why = check_training(train)
+    staged = check_training(new)[0] if new.is_dir() else None
+    if not train.exists() and staged is not None:
+        # A swap stopped between its renames (rank 0 has completed it by now: the same state, renamed).
+        current, why, staged = staged, None, None
+        finished = True
+    else:
+        finished = (train / SUMMARY_FILE).exists()
+    if not resume:
+        if staged is not None and staged["fingerprint"] == fingerprint:
+            return _Plan(new, done=staged, staged=True)
+        if current is not None and current["fingerprint"] == fingerprint:
+            return _Plan(train, done=current)
+    if not finished:
+        return _Plan(train, [train / "checkpoints"])
+    roots = [new / "checkpoints"]
+    if resume or (current is None and _summary_fingerprint(train) == fingerprint):
+        # --resume, or this very training, its adapters damaged since: continue from its checkpoints.
+        roots.append(train / "checkpoints")
+    return _Plan(new, roots, staged=True, note=why if current is None else None)
+
+
+def _summary_fingerprint(train: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((train / "summary.json").read_text(encoding="utf-8")).get("fingerprint")
+    return None
+
+
+def _free(run_dir: Path, name: str) -> Path:
+    path, n = run_dir / name, 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"{name}-{n}"
+    return path
+
+
+def swap_in_staged(run_dir: Path) -> None:
+    """Make the finished D/train.new/ D/train/: two renames, then delete the replaced training."""
+    from qrdistill.train.artifacts import discard_training
+
+    train, new = run_dir / TRAIN_DIR, run_dir / STAGING_DIR
+    old = None
+    if train.exists():
+        old = _free(run_dir, OLD_DIR)
+        os.replace(train, old)
+    os.replace(new, train)
+    log.info("train: %s replaced the previous training in %s", new, train)
+    if old is not None:
+        discard_training(old, into=train)
+
+
+def recover(run_dir: Path) -> None:
+    """Complete a swap a kill cut short (caller holds the run-dir lock)."""
+    from qrdistill.train.artifacts import check_training, discard_training
+
+    train, new = run_dir / TRAIN_DIR, run_dir / STAGING_DIR
+    if not train.exists() and new.is_dir() and check_training(new)[0] is not None:
+        swap_in_staged(run_dir)
+    for old in sorted(run_dir.glob(OLD_DIR + "*")):
+        if train.is_dir() and old.is_dir() and (old.name == OLD_DIR or old.name[len(OLD_DIR) + 1:].isdigit()):
+            discard_training(old, into=train)
 
 
 def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = False) -> dict[str, Any]:
+    from qrdistill.stages.generate import run_dir_lock
+    from qrdistill.train.artifacts import permission_errors
+
+    run_dir = Path(run_dir)
+    # Every rank of torchrun / accelerate runs this; rank 0 writes every artifact, and a second rank taking the
+    # same lock would be refused.
+    lock = run_dir_lock(run_dir, "train") if _rank() == 0 else contextlib.nullcontext()
+    with permission_errors(run_dir, "train"), lock:
+        return _run(cfg, run_dir, max_steps, resume)
+
+
+def _run(cfg: Any, run_dir: Path, max_steps: int | None, resume: bool) -> dict[str, Any]:
     from qrdistill.io import require_artifact, write_run_meta
     from qrdistill.train.data import RATIONALE_TAG, build_items, load_kept, subsample_questions
 
-    run_dir = Path(run_dir)
     tc = cfg.train
     filtered = require_artifact(run_dir / FILTERED_FILE, "filter")
     rows = load_kept(filtered, need_gold=tc.method == "step_by_step")
@@ -60,11 +156,20 @@ def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = Fa
     steps = max_steps if max_steps is not None else tc.max_steps
     fingerprint = _fingerprint(cfg, steps, filtered)
 
-    done = None if resume else _finished(run_dir, fingerprint, tc.student_names)
-    if done is not None:
-        log.info("train: already trained with this config and data (%s); delete %s to retrain",
-                 run_dir / "train" / "summary.json", run_dir / "train")
-        return done
+    main = _rank() == 0
+    if main:
+        recover(run_dir)
+    plan = _plan(run_dir, fingerprint, resume)
+    if plan.done is not None:
+        if plan.staged and main:
+            swap_in_staged(run_dir)
+        log.info("train: already trained with this config and data (%s)", run_dir / TRAIN_DIR / "summary.json")
+        return plan.done
+    if plan.staged and main and plan.note:
+        log.warning("train: %s; training again in %s, which replaces it when finished", plan.note, plan.work)
+    elif plan.staged and main:
+        log.info("train: %s holds a finished training of another config or data; it stays as it is while this "
+                 "one trains in %s", run_dir / TRAIN_DIR, plan.work)
 
     extra: dict[str, Any] = {"data_fraction": tc.data_fraction}
     if tc.method == "step_by_step":
@@ -74,7 +179,8 @@ def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = Fa
     from qrdistill.train.loop import Trainer
 
     # step_budget: matched -- every method trains as many steps as an epoch over all kept paths takes.
-    trainer = Trainer(cfg, run_dir, items, steps, fingerprint, extra, reference_paths=len(rows))
+    trainer = Trainer(cfg, run_dir, items, steps, fingerprint, extra, reference_paths=len(rows),
+                      train_dir=plan.work, resume_from=plan.resume_from)
     try:
         trainer.setup()
         if trainer.main:
@@ -87,9 +193,12 @@ def run(cfg: Any, run_dir: Path, max_steps: int | None = None, resume: bool = Fa
         if trainer.main:
             write_run_meta(run_dir, "train", cfg, extra={"max_steps": steps, "resume": resume,
                                                          "world_size": trainer.world})
-            _print_summary(summary, run_dir)
     finally:
         trainer.close()
+    if trainer.main:
+        if plan.staged:
+            swap_in_staged(run_dir)
+        _print_summary(summary, run_dir)
     return summary
 
 

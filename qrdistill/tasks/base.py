@@ -3,10 +3,17 @@
 A task owns everything that depends on its answer format, so generate,
 filter, train and evaluate all call the same `is_correct` (or `score`, which
 also says how the answer was read).
+
+A check has a third outcome besides right and wrong: `Verdict.UNVERIFIABLE`,
+when it could not decide within its time or size bounds (a symbolic answer
+whose comparison would not finish, a response too long to read). Such an
+answer is never counted correct: the filter does not keep its path and
+evaluate scores it as incorrect.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +46,14 @@ class Record:
         )
 
 
+class Verdict(enum.Enum):
+    """What an answer check concluded."""
+
+    CORRECT = "correct"
+    WRONG = "wrong"
+    UNVERIFIABLE = "unverifiable"
+
+
 @dataclass(frozen=True)
 class AnswerScore:
     """How one response was read and scored (`Task.score`).
@@ -49,7 +64,7 @@ class AnswerScore:
     is ...", "####", \\boxed), so their gap shows how much accuracy rests on
     answers the response never stated as final. `conflict` (multiple choice
     only): that line's letter and option text name different options, and the
-    text decided.
+    text decided. `unverifiable`: the check could not decide (`correct` is then False).
     """
 
     pred: str | None
@@ -60,6 +75,7 @@ class AnswerScore:
     #: multiple choice: the check had the letter won the conflict instead (= correct without a conflict),
     #: so a report can show how much accuracy the text-wins rule decides
     letter_correct: bool | None = None
+    unverifiable: bool = False
 
 
 class Task:
@@ -69,7 +85,9 @@ class Task:
     #: splits this task offers; evaluate says so when `test` is missing.
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     #: instruction appended to every teacher/student prompt so the answer is extractable.
-    answer_instruction: ClassVar[str] = 'End your response with "The answer is X." where X is your final answer.'
+    answer_instruction: ClassVar[str] = (
+        'End your response with "The answer is X." where X is your final answer.'
+    )
     #: generation budget for a base model under evaluate.max_new_tokens: auto (trained students size
     #: theirs from their training responses).
     max_new_tokens: ClassVar[int] = 256
@@ -95,6 +113,10 @@ class Task:
 
     def is_correct(self, text: str, record: Record) -> bool:
         raise NotImplementedError
+
+    def check(self, text: str, record: Record) -> Verdict:
+        """`is_correct` with the third outcome: UNVERIFIABLE when the check could not decide."""
+        return Verdict.CORRECT if self.is_correct(text, record) else Verdict.WRONG
 
     def score(self, text: str, record: Record) -> AnswerScore:
         raise NotImplementedError

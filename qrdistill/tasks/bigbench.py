@@ -9,6 +9,7 @@ whether the rows come from the hub or from a local task.json.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar
 
@@ -34,12 +35,20 @@ def _scored_options(row: Row) -> tuple[list[str], int]:
     if scores is not None:
         if not isinstance(scores, dict) or not scores:
             raise row.error("field 'target_scores' must be a non-empty object of option -> score")
+        field = "target_scores"
         options, values = [str(k) for k in scores], list(scores.values())
     else:
-        options = [str(x) for x in row.get("target_scores", "multiple_choice_targets")]
-        values = list(row.get("multiple_choice_scores"))
+        field = "multiple_choice_scores"
+        targets, values = row.get("target_scores", "multiple_choice_targets"), row.get(field)
+        if not isinstance(targets, list) or not isinstance(values, list):
+            raise row.error("fields 'multiple_choice_targets' and 'multiple_choice_scores' must be lists")
+        options = [str(x) for x in targets]
         if len(values) != len(options):
             raise row.error("multiple_choice_targets and multiple_choice_scores differ in length")
+    for option, value in zip(options, values, strict=True):
+        # bool is an int in Python, and "1" compares with 0 only by raising.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise row.error(f"field '{field}': the score of option {option!r} is {value!r}, not a number")
     best = max(values)
     if not best or values.count(best) != 1:
         raise row.error("the options must have exactly one highest score")

@@ -29,7 +29,13 @@ The kinds of answer are checked differently on purpose:
 - plain numbers (GSM8K) are compared as exact decimals after dropping `$`,
   thousands separators and trailing zeros (exact, and no symbolic parse is
   needed for every GSM8K answer);
-- mathematical expressions (MATH) go through math-verify's parse + verify.
+- mathematical expressions (MATH) go through math-verify's parse + verify, in a
+  child process with a deadline (`qrdistill.tasks.mathcheck`): a comparison that
+  would not finish (`9^{9^{9^{9}}}` against 5) is `Verdict.UNVERIFIABLE`.
+
+Every extractor here runs in time linear (or n log n) in the response, and a
+response longer than `MAX_RESPONSE_CHARS` is not read at all: its answer is None
+and its check unverifiable. So a check ends in bounded time on any input.
 
 The answer-kind base classes at the bottom (`MultipleChoiceTask`, `YesNoTask`,
 `NumberTask`, `MathTask`, `DateTask`) give a task its instruction, extraction,
@@ -44,7 +50,14 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
 
-from qrdistill.tasks.base import AnswerScore, Record, Task
+from qrdistill.tasks import mathcheck
+from qrdistill.tasks.base import AnswerScore, Record, Task, Verdict
+
+#: Responses longer than this are not read (no final answer needs this much text before it, and a
+#: backend may return megabytes); about 50k tokens, far above any max_tokens this project sets.
+MAX_RESPONSE_CHARS = 200_000
+#: A "number" longer than this is not a plain number to compare (and `int()` of `1e999999999` never ends).
+MAX_NUMBER_DIGITS = 1000
 
 # "The answer is", "the final answer is", "the correct answer is", "Answer:" at a line start.
 _STRICT_RE = re.compile(
@@ -55,8 +68,10 @@ _GSM_HASH_RE = re.compile(r"####[ \t]*(.+)")
 _LETTER_SPAN_RE = re.compile(r"^\(?([A-Z])(?:\)|(?=[\s.,:;!]|$))")
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 _BOLD_LETTER_RE = re.compile(r"\*\*\(?([A-Z])\)?[.:]?\*\*")
+# The tail is `[ \t*]*(?:\.[ \t]*)?$`, not `[ \t*]*\.?[ \t]*$`: two adjacent runs that can both take the
+# same spaces backtrack quadratically on a letter followed by a long run of spaces.
 _LINE_LETTER_RE = re.compile(
-    r"^[ \t*]*(?:option[ \t]+)?\(?([A-Z])\)?[.:]?[ \t*]*\.?[ \t]*$", re.MULTILINE | re.IGNORECASE
+    r"^[ \t*]*(?:option[ \t]+)?\(?([A-Z])\)?[.:]?[ \t*]*(?:\.[ \t]*)?$", re.MULTILINE | re.IGNORECASE
 )
 _DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
 # "no" before a word ("no meat", "No Exit") is a determiner, not an answer.
@@ -75,9 +90,8 @@ def normalize_text(s: str) -> str:
     MM/DD/YYYY dates are zero-padded so "5/1/2021" matches "05/01/2021"."""
     s = _DATE_RE.sub(_pad_date, s)
     s = " ".join(s.split()).strip(_MARKUP).lower()
-    while s and s[-1] in ".!;:,":
-        s = s[:-1].rstrip(_MARKUP)
-    return s.strip(_MARKUP)
+    # One rstrip, not a loop dropping one character at a time (quadratic on a long run of dots).
+    return s.rstrip(".!;:," + _MARKUP).strip(_MARKUP)
 
 
 def _pad_date(m: re.Match[str]) -> str:
@@ -93,11 +107,13 @@ def normalize_date(s: str) -> str | None:
 def normalize_number(s: str) -> str | None:
     """ "$1,000.00" -> "1000", "-3.50" -> "-3.5"; None if `s` is not a plain number."""
     s = s.strip().strip(_MARKUP).rstrip(".").replace("$", "").replace(",", "").replace(" ", "")
+    if len(s) > MAX_NUMBER_DIGITS:
+        return None
     try:
         d = Decimal(s)
     except InvalidOperation:
         return None
-    if not d.is_finite():
+    if not d.is_finite() or abs(d.adjusted()) > MAX_NUMBER_DIGITS:
         return None
     if d == d.to_integral_value():
         return str(int(d))
@@ -119,19 +135,40 @@ def strict_span(text: str) -> str | None:
     ("I first thought (A) ...") before committing to the final one.
     """
     best: tuple[int, str] | None = None
-    for m in _STRICT_RE.finditer(text):
-        rest = text[m.end() :]
-        line = rest.split("\n", 1)[0]
-        if not line.strip(_MARKUP + ".:"):
-            # "The answer is:\n(B)" -- the answer sits on the next non-empty line.
-            nxt = [x for x in rest.split("\n")[1:] if x.strip(_MARKUP)]
-            line = nxt[0] if nxt else ""
-        if line.strip(_MARKUP + ".:"):
+    # From the last match back, reading only the lines after each: copying the rest of the text
+    # per match is quadratic in a response that repeats "The answer is" thousands of times.
+    for m in reversed(list(_STRICT_RE.finditer(text))):
+        line = _answer_line(text, m.end())
+        if line is not None:
             best = (m.start(), line)
+            break
+    last_hash = None
     for m in _GSM_HASH_RE.finditer(text):
-        if best is None or m.start() > best[0]:
-            best = (m.start(), m.group(1))
+        last_hash = m
+    if last_hash is not None and (best is None or last_hash.start() > best[0]):
+        best = (last_hash.start(), last_hash.group(1))
     return _strip_span(best[1]) if best else None
+
+
+def _line_at(text: str, start: int) -> tuple[str, int]:
+    """The text from `start` to the end of its line, and where the next line starts (-1: none)."""
+    end = text.find("\n", start)
+    return (text[start:], -1) if end < 0 else (text[start:end], end + 1)
+
+
+def _answer_line(text: str, start: int) -> str | None:
+    """What an "answer is" ending at `start` states: the rest of its line, or the next non-empty
+    line when that is empty; None when neither holds anything."""
+    line, nxt = _line_at(text, start)
+    if not line.strip(_MARKUP + ".:"):
+        # "The answer is:\n(B)" -- the answer sits on the next non-empty line.
+        line = ""
+        while nxt >= 0:
+            cand, nxt = _line_at(text, nxt)
+            if cand.strip(_MARKUP):
+                line = cand
+                break
+    return line if line.strip(_MARKUP + ".:") else None
 
 
 def _strip_span(s: str) -> str:
@@ -239,13 +276,31 @@ def flexible_choice(text: str, choices: list[str]) -> str | None:
         if (pat := _option_pattern(c)) is not None
         for m in pat.finditer(text)
     ]
-    # "salt water" names the option "salt water", not also the option "water".
-    named |= {
-        valid[i]
-        for s, e, i in spans
-        if not any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, _ in spans)
-    }
+    named |= {valid[i] for i in _uncontained(spans)}
     return named.pop() if len(named) == 1 else None
+
+
+def _uncontained(spans: list[tuple[int, int, int]]) -> set[int]:
+    """Options with a match that no longer match contains: "salt water" names the option
+    "salt water", not also the option "water".
+
+    One sweep in start order (longest first at a start), not a comparison of every pair, which
+    is quadratic when a response repeats an option thousands of times.
+    """
+    out: set[int] = set()
+    spans = sorted(spans, key=lambda t: (t[0], -t[1]))
+    reach = -1  # the furthest end of a match starting before the current start
+    k = 0
+    while k < len(spans):
+        start, longest = spans[k][0], spans[k][1]
+        while k < len(spans) and spans[k][0] == start:
+            _, end, i = spans[k]
+            # Contained: an earlier start reaching as far, or a longer match at this start.
+            if reach < end and end == longest:
+                out.add(i)
+            k += 1
+        reach = max(reach, longest)
+    return out
 
 
 def extract_choice(text: str, choices: list[str]) -> str | None:
@@ -399,28 +454,24 @@ def extract_math(text: str) -> str | None:
     return nums[-1].replace("$", "").strip() if nums else None
 
 
-def math_equal(pred: str, gold: str) -> bool:
-    """math-verify equivalence of two LaTeX answers (gold first, as verify expects).
-
-    Timeouts are off (`parsing_timeout=None`, `timeout_seconds=None`) because
-    math-verify implements them with SIGALRM, which fails outside the main thread.
-    """
-    from math_verify import parse, verify
-
+def math_verdict(pred: str, gold: str) -> Verdict:
+    """math-verify equivalence of two LaTeX answers, decided within `mathcheck.DEADLINE_S` on
+    any thread; UNVERIFIABLE when it is not (see `qrdistill.tasks.mathcheck`)."""
     # A pair of plain numbers needs no symbolic comparison.
     pn, gn = normalize_number(pred), normalize_number(gold)
     if pn is not None and gn is not None:
-        return pn == gn
-    gold_parsed = parse(_as_latex(gold), parsing_timeout=None)
-    pred_parsed = parse(_as_latex(pred), parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
-        return normalize_text(pred) == normalize_text(gold)
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+        return _verdict(pn == gn)
+    got = mathcheck.compare(pred, gold)
+    if got is None:
+        return Verdict.UNVERIFIABLE
+    if got == mathcheck.UNPARSED:
+        return _verdict(normalize_text(pred) == normalize_text(gold))
+    return _verdict(got == mathcheck.EQUAL)
 
 
-def _as_latex(s: str) -> str:
-    s = s.strip()
-    return s if s.startswith("$") or s.startswith("\\boxed") else f"${s}$"
+def math_equal(pred: str, gold: str) -> bool:
+    """`math_verdict` is CORRECT (an unverifiable pair is not equal)."""
+    return math_verdict(pred, gold) is Verdict.CORRECT
 
 
 def check_math(text: str, gold: str) -> bool:
@@ -431,40 +482,82 @@ def check_math(text: str, gold: str) -> bool:
 # ---------------------------------------------------------------- answer-kind task bases
 
 
+def _verdict(ok: bool) -> Verdict:
+    return Verdict.CORRECT if ok else Verdict.WRONG
+
+
 def _answer_score(
-    strict_pred: str | None, pred: str | None, is_gold: Callable[[str], bool], conflict: bool = False
+    strict_pred: str | None, pred: str | None, verdict: Callable[[str], Verdict], conflict: bool = False
 ) -> AnswerScore:
     # The flexible pass runs only without a strict answer, so a strict answer is `pred`
     # itself and its check need not run twice (math-verify is slow).
-    correct = pred is not None and is_gold(pred)
+    v = verdict(pred) if pred is not None else Verdict.WRONG
+    correct = v is Verdict.CORRECT
     return AnswerScore(
         pred=pred,
         correct=correct,
         strict_pred=strict_pred,
         strict_correct=strict_pred is not None and correct,
         conflict=conflict,
+        unverifiable=v is Verdict.UNVERIFIABLE,
     )
 
 
-class MultipleChoiceTask(Task):
+class AnswerTask(Task):
+    """What the answer-kind bases share: a response over `MAX_RESPONSE_CHARS` is not read
+    (no answer, unverifiable), and `is_correct` is `check` being CORRECT. Subclasses implement
+    `_extract`, `_check` and `_score` on responses within the bound."""
+
+    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+        return None if len(text) > MAX_RESPONSE_CHARS else self._extract(text, record)
+
+    def check(self, text: str, record: Record) -> Verdict:
+        return Verdict.UNVERIFIABLE if len(text) > MAX_RESPONSE_CHARS else self._check(text, record)
+
+    def is_correct(self, text: str, record: Record) -> bool:
+        return self.check(text, record) is Verdict.CORRECT
+
+    def score(self, text: str, record: Record) -> AnswerScore:
+        if len(text) > MAX_RESPONSE_CHARS:
+            return AnswerScore(
+                pred=None,
+                correct=False,
+                strict_pred=None,
+                strict_correct=False,
+                conflict=False,
+                unverifiable=True,
+            )
+        return self._score(text, record)
+
+    def _extract(self, text: str, record: Record | None) -> str | None:
+        raise NotImplementedError
+
+    def _check(self, text: str, record: Record) -> Verdict:
+        raise NotImplementedError
+
+    def _score(self, text: str, record: Record) -> AnswerScore:
+        raise NotImplementedError
+
+
+class MultipleChoiceTask(AnswerTask):
     """Lettered options; `answer` is the gold letter, `meta["answer_text"]` its text."""
 
     answer_instruction: ClassVar[str] = (
         'End your response with "The answer is (X) <option text>." where X is the letter of the correct option.'
     )
 
-    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+    def _extract(self, text: str, record: Record | None) -> str | None:
         if record is None:
             raise ValueError(f"{self.name}: extracting a multiple-choice answer needs the record's options")
         return extract_choice(text, record.choices)
 
-    def is_correct(self, text: str, record: Record) -> bool:
-        return check_choice(text, record)
+    def _check(self, text: str, record: Record) -> Verdict:
+        return _verdict(check_choice(text, record))
 
-    def score(self, text: str, record: Record) -> AnswerScore:
+    def _score(self, text: str, record: Record) -> AnswerScore:
         strict, conflict = _strict_choice(text, record.choices)
         pred = extract_choice(text, record.choices)
-        score = _answer_score(strict, pred, lambda p: p == record.answer, conflict)
+        score = _answer_score(strict, pred, lambda p: _verdict(p == record.answer), conflict)
         letter_correct = score.correct
         if conflict:
             m = _LETTER_SPAN_RE.match(strict_span(text) or "")
@@ -475,82 +568,86 @@ class MultipleChoiceTask(Task):
         return f"({record.answer}) {record.meta.get('answer_text', '')}".strip()
 
 
-class YesNoTask(Task):
+class YesNoTask(AnswerTask):
     answer_instruction: ClassVar[str] = 'End your response with "The answer is Yes." or "The answer is No."'
 
-    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+    def _extract(self, text: str, record: Record | None) -> str | None:
         return extract_yes_no(text)
 
-    def is_correct(self, text: str, record: Record) -> bool:
-        return check_yes_no(text, record.answer)
+    def _check(self, text: str, record: Record) -> Verdict:
+        return _verdict(check_yes_no(text, record.answer))
 
-    def score(self, text: str, record: Record) -> AnswerScore:
+    def _score(self, text: str, record: Record) -> AnswerScore:
         gold = normalize_yes_no(record.answer)
-        return _answer_score(strict_yes_no(text), extract_yes_no(text), lambda p: p == gold)
+        return _answer_score(strict_yes_no(text), extract_yes_no(text), lambda p: _verdict(p == gold))
 
     def gold_text(self, record: Record) -> str:
         return normalize_yes_no(record.answer) or record.answer
 
 
-class NumberTask(Task):
+class NumberTask(AnswerTask):
     answer_instruction: ClassVar[str] = (
         'End your response with "The answer is N." where N is the final number, without units.'
     )
 
-    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+    def _extract(self, text: str, record: Record | None) -> str | None:
         return extract_number(text)
 
-    def is_correct(self, text: str, record: Record) -> bool:
-        return check_number(text, record.answer)
+    def _check(self, text: str, record: Record) -> Verdict:
+        return _verdict(check_number(text, record.answer))
 
-    def score(self, text: str, record: Record) -> AnswerScore:
+    def _score(self, text: str, record: Record) -> AnswerScore:
         gold = normalize_number(record.answer)
-        return _answer_score(strict_number(text), extract_number(text), lambda p: p == gold)
+        return _answer_score(strict_number(text), extract_number(text), lambda p: _verdict(p == gold))
 
     def gold_text(self, record: Record) -> str:
         return normalize_number(record.answer) or record.answer
 
 
-class MathTask(Task):
+class MathTask(AnswerTask):
     max_new_tokens: ClassVar[int] = 512
     answer_instruction: ClassVar[str] = (
         'End your response with "The answer is N." where N is the final answer in simplest form '
         "(LaTeX allowed, e.g. \\frac{3}{4})."
     )
 
-    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+    def _extract(self, text: str, record: Record | None) -> str | None:
         return extract_math(text)
 
-    def is_correct(self, text: str, record: Record) -> bool:
-        return check_math(text, record.answer)
+    def _check(self, text: str, record: Record) -> Verdict:
+        pred = extract_math(text)
+        return Verdict.WRONG if pred is None else math_verdict(pred, record.answer)
 
-    def score(self, text: str, record: Record) -> AnswerScore:
-        return _answer_score(strict_math(text), extract_math(text), lambda p: math_equal(p, record.answer))
+    def _score(self, text: str, record: Record) -> AnswerScore:
+        return _answer_score(strict_math(text), extract_math(text), lambda p: math_verdict(p, record.answer))
 
     def gold_text(self, record: Record) -> str:
         return record.answer
 
 
-class DateTask(Task):
+class DateTask(AnswerTask):
     """Free-answer dates (MM/DD/YYYY)."""
 
     answer_instruction: ClassVar[str] = 'End your response with "The answer is MM/DD/YYYY."'
 
-    def extract_answer(self, text: str, record: Record | None = None) -> str | None:
+    def _extract(self, text: str, record: Record | None) -> str | None:
         return extract_date(text)
 
-    def is_correct(self, text: str, record: Record) -> bool:
-        return check_date(text, record.answer)
+    def _check(self, text: str, record: Record) -> Verdict:
+        return _verdict(check_date(text, record.answer))
 
-    def score(self, text: str, record: Record) -> AnswerScore:
+    def _score(self, text: str, record: Record) -> AnswerScore:
         gold = normalize_date(record.answer)
-        return _answer_score(strict_date(text), extract_date(text), lambda p: p == gold)
+        return _answer_score(strict_date(text), extract_date(text), lambda p: _verdict(p == gold))
 
     def gold_text(self, record: Record) -> str:
         return normalize_date(record.answer) or record.answer
 
 
 __all__ = [
+    "MAX_NUMBER_DIGITS",
+    "MAX_RESPONSE_CHARS",
+    "AnswerTask",
     "DateTask",
     "MathTask",
     "MultipleChoiceTask",
@@ -571,6 +668,7 @@ __all__ = [
     "last_boxed",
     "letters",
     "math_equal",
+    "math_verdict",
     "normalize_date",
     "normalize_number",
     "normalize_text",

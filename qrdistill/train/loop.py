@@ -57,16 +57,30 @@ def _append_jsonl(f, rows: list[dict[str, Any]]) -> None:
 
 
 def _rows_upto(path: Path, step: int) -> list[str]:
-    """Lines of a per-step JSONL log with `step <= step` (drops a line cut short by a kill)."""
+    """Lines of a per-step JSONL log with `step <= step`.
+
+    A last line cut short by a kill is dropped; any other line that is not a log row means the file is not the
+    log this training wrote, and resuming on top of it would mix the two: DataError naming file:line."""
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for i, raw in enumerate(lines, start=1):
         try:
+            line = raw.decode("utf-8")
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
+            if not isinstance(row, dict) or type(row.get("step")) is not int:
+                raise ValueError("no integer step")
+        except ValueError as e:  # JSON and UTF-8 errors included
+            if i == len(lines):
+                continue
+            from qrdistill.errors import DataError
+
+            raise DataError(f"{path}:{i}: not a training log row ({str(e).splitlines()[0][:80]}); restore the "
+                            "file, or delete it to continue without the rows logged so far") from None
+        if row["step"] <= step:
             keep.append(line)
     return keep
 
@@ -143,12 +157,16 @@ class Trainer:
     """Builds models and optimizer from a RunConfig and runs (or resumes) training."""
 
     def __init__(self, cfg, run_dir: Path, items: list[TrainItem], max_steps: int | None, fingerprint: str,
-                 extra_summary: dict[str, Any] | None = None, reference_paths: int | None = None):
+                 extra_summary: dict[str, Any] | None = None, reference_paths: int | None = None,
+                 train_dir: Path | None = None, resume_from: list[Path] | None = None):
+        """`train_dir`: where this training writes (default D/train/; the stage stages a replacement in
+        D/train.new/). `resume_from`: checkpoint folders to continue from, searched in order (default its own)."""
         self.cfg = cfg
         self.tc = cfg.train
         self.run_dir = Path(run_dir)
-        self.train_dir = self.run_dir / "train"
+        self.train_dir = Path(train_dir) if train_dir is not None else self.run_dir / "train"
         self.ckpt_dir = self.train_dir / "checkpoints"
+        self.resume_from = [Path(p) for p in resume_from] if resume_from is not None else [self.ckpt_dir]
         self.items = items
         self.max_steps = max_steps if max_steps is not None else self.tc.max_steps
         self.fingerprint = fingerprint
@@ -272,26 +290,33 @@ class Trainer:
         hashes = [text_hash(it.response) for it in self.items]
         if self.main:
             cache: dict[str, Any] = {"encoder": enc_name, "hashes": [], "emb": None}
-            if path.exists():
+            source = None
+            # A training staged beside a finished one starts from that one's cache.
+            for src in dict.fromkeys([path, self.run_dir / "train" / EMBEDDINGS_FILE]):
+                if not src.exists():
+                    continue
                 try:
-                    loaded = torch.load(path, map_location="cpu", weights_only=True)
+                    loaded = torch.load(src, map_location="cpu", weights_only=True)
                     if loaded.get("encoder") == enc_name:
-                        cache = loaded
+                        cache, source = loaded, src
+                        break
                 except (OSError, RuntimeError, EOFError, AttributeError, pickle.UnpicklingError) as e:
-                    log.warning("ignoring unreadable %s (%s); recomputing", path, e)
+                    log.warning("ignoring unreadable %s (%s); recomputing", src, e)
             known = set(cache["hashes"])
             todo = list(dict.fromkeys(h for h in hashes if h not in known))
-            if todo:
+            if todo or source != path:
                 from qrdistill.train.router import PathEncoder
 
-                text_of = {text_hash(it.response): it.response for it in self.items}
-                t0 = time.perf_counter()
-                encoder = PathEncoder(enc_name, device=str(self.device))
-                new = encoder.encode([text_of[h] for h in todo])
-                del encoder
-                log.info("router encoder %s: embedded %d paths in %.1fs", enc_name, len(todo), time.perf_counter() - t0)
-                emb = new if cache["emb"] is None else torch.cat([cache["emb"], new])
-                cache = {"encoder": enc_name, "hashes": cache["hashes"] + todo, "emb": emb}
+                if todo:
+                    text_of = {text_hash(it.response): it.response for it in self.items}
+                    t0 = time.perf_counter()
+                    encoder = PathEncoder(enc_name, device=str(self.device))
+                    new = encoder.encode([text_of[h] for h in todo])
+                    del encoder
+                    log.info("router encoder %s: embedded %d paths in %.1fs", enc_name, len(todo),
+                             time.perf_counter() - t0)
+                    emb = new if cache["emb"] is None else torch.cat([cache["emb"], new])
+                    cache = {"encoder": enc_name, "hashes": cache["hashes"] + todo, "emb": emb}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")
                 torch.save(cache, tmp)
@@ -589,35 +614,74 @@ class Trainer:
             "never_grad": sorted(self.never_grad), "rates_sum": self.rates_sum, "rates_n": self.rates_n,
         }
 
-    def _restore(self, ckpt: Path):
+    def _find_checkpoint(self, resume: bool) -> tuple[Path, dict[str, Any], dict[str, Any] | None] | None:
+        """The newest good checkpoint under `resume_from` -> (path, state, RNG state), or None to start at step 0.
+
+        A damaged one is reported and the one before it used; when every one is damaged nothing is deleted:
+        the user is told which they are."""
+        from qrdistill.errors import DataError
+        from qrdistill.train.checkpoint import list_checkpoints, load_checkpoint
+
+        bad: list[Path] = []
+        other = False
+        for root in self.resume_from:
+            for _, path in reversed(list_checkpoints(root)):
+                try:
+                    state, rng = load_checkpoint(path, self.rank)
+                except DataError as e:
+                    bad.append(path)
+                    if self.main:
+                        log.warning("train: skipping a damaged checkpoint: %s", e)
+                    continue
+                if not resume and state.get("fingerprint") != self.fingerprint:
+                    # Running the same training again continues it (stages resume where they stopped);
+                    # a checkpoint of a different config or data is not continued, nor are older ones beside it.
+                    if self.main:
+                        log.info("train: %s is a checkpoint of another config or data; not continuing it", path)
+                    other = True
+                    break
+                self.damaged_newer = [p for p in bad if p.parent == self.ckpt_dir]
+                return path, state, rng
+        if bad and not other:
+            raise DataError(f"train: every checkpoint is damaged ({', '.join(map(str, bad))}; see the warnings "
+                            "above); nothing was deleted: delete them to train from step 0")
+        if resume:
+            log.info("train: --resume but no checkpoint in %s; starting from the beginning",
+                     " or ".join(map(str, self.resume_from)))
+        return None
+
+    def _restore(self, ckpt: Path, state: dict[str, Any], rng: dict[str, Any] | None):
         import torch
 
-        from qrdistill.train.checkpoint import load_checkpoint, set_rng_state
+        from qrdistill.errors import ConfigError
+        from qrdistill.train.checkpoint import set_rng_state
 
-        state, rng = load_checkpoint(ckpt, self.rank)
         if state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written with a different config or data; resuming anyway", ckpt)
         saved_groups = state.get("group_names")
         if saved_groups is not None and list(saved_groups) != list(self.group_names):
-            from qrdistill.errors import ConfigError
-
             raise ConfigError(
                 f"train: checkpoint {ckpt} has optimizer groups {list(saved_groups)}, this config builds "
-                f"{list(self.group_names)}; it cannot be resumed (delete {self.ckpt_dir} to start over)")
-        with torch.no_grad():
-            for s in self.students:
-                for p, v in zip(s.trainable_parameters(), state["students"][s.name], strict=True):
-                    p.copy_(v.to(p.device))
-        if self.router is not None:
-            self.router.load_state_dict(state["router"])
-        if self.signal is not None and state.get("signal"):
-            self.signal.load_state_dict(state["signal"])
-        if self.mutual is not None:
-            self.mutual.load_state_dict(state["mutual"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.acc.scaler is not None and state.get("scaler"):
-            self.acc.scaler.load_state_dict(state["scaler"])
+                f"{list(self.group_names)}; it cannot be resumed (delete {ckpt.parent} to start over)")
+        try:
+            with torch.no_grad():
+                for s in self.students:
+                    for p, v in zip(s.trainable_parameters(), state["students"][s.name], strict=True):
+                        p.copy_(v.to(p.device))
+            if self.router is not None:
+                self.router.load_state_dict(state["router"])
+            if self.signal is not None and state.get("signal"):
+                self.signal.load_state_dict(state["signal"])
+            if self.mutual is not None:
+                self.mutual.load_state_dict(state["mutual"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.acc.scaler is not None and state.get("scaler"):
+                self.acc.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            # --resume after changing a LoRA rank, target modules or a head size.
+            raise ConfigError(f"train: checkpoint {ckpt} does not fit this config's students, router or mutual "
+                              f"head ({str(e).splitlines()[0][:120]}); it cannot be resumed") from None
         self.epoch_times = list(state["epoch_times"])
         self.epoch_elapsed = float(state["epoch_elapsed"])
         self.never_grad = set(state["never_grad"])
@@ -639,43 +703,43 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool) -> dict[str, Any]:
-
-        from qrdistill.train.checkpoint import latest_checkpoint
+        from qrdistill.train.artifacts import LOG_FILES, SUMMARY_FILE, clear_training
 
         tc = self.tc
         self.epoch_times: list[float] = []
         self.epoch_elapsed = 0.0
         self.never_grad = set(self.param_names)
         self.rates_sum, self.rates_n = [0.0] * self.S, 0
+        self.damaged_newer: list[Path] = []
         step, epoch, micro = 0, 0, 0
-        ckpt = latest_checkpoint(self.ckpt_dir)
-        if resume and ckpt is None:
-            log.info("train: --resume but no checkpoint in %s; starting from the beginning", self.ckpt_dir)
-        elif not resume and ckpt is not None:
-            # Running the same training again continues it (stages resume where they stopped);
-            # a checkpoint of a different config or data is discarded.
-            try:
-                same = json.loads((ckpt / "checkpoint.json").read_text())["fingerprint"] == self.fingerprint
-            except (OSError, ValueError, KeyError):
-                same = False
-            if not same:
-                ckpt = None
-        if ckpt is not None:
-            step, epoch, micro = self._restore(ckpt)
+        found = self._find_checkpoint(resume)
+        ckpt = None
+        if found is not None:
+            ckpt, state, rng = found
+            step, epoch, micro = self._restore(ckpt, state, rng)
+            del state
             log.info("train: resuming from %s (step %d/%d, epoch %d)", ckpt, step, self.total_steps, epoch)
+        # Every rank has read its checkpoint before rank 0 removes or rewrites anything.
+        self.acc.wait_for_everyone()
 
         log_f = routing_f = tb = None
         if self.main:
             self.train_dir.mkdir(parents=True, exist_ok=True)
             if ckpt is None:
-                # A fresh run owns train/: stale checkpoints or logs of another run must not mix in.
-                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-                shutil.rmtree(self.train_dir / "tb", ignore_errors=True)
-                for name in ("log.jsonl", "routing.jsonl", "summary.json", ROUTING_FINAL_FILE):
-                    (self.train_dir / name).unlink(missing_ok=True)
-            for name in ("log.jsonl", "routing.jsonl"):
-                kept = _rows_upto(self.train_dir / name, step)
+                # Stale checkpoints or logs of another training must not mix in; only files the loop writes go.
+                clear_training(self.train_dir)
+            else:
+                # Past the checkpoint resumed from: they would be counted as the newest by keep_checkpoints.
+                for p in self.damaged_newer:
+                    shutil.rmtree(p, ignore_errors=True)
+                (self.train_dir / SUMMARY_FILE).unlink(missing_ok=True)
+            # Continuing a finished training's checkpoint in a staging folder continues its logs too.
+            source = self.train_dir if ckpt is None else ckpt.parent.parent
+            for name in LOG_FILES:
+                kept = _rows_upto(source / name, step)
                 (self.train_dir / name).write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            if source != self.train_dir and (source / "tb").is_dir():
+                shutil.copytree(source / "tb", self.train_dir / "tb", dirs_exist_ok=True)
             log_f = (self.train_dir / "log.jsonl").open("a", encoding="utf-8")
             routing_f = (self.train_dir / "routing.jsonl").open("a", encoding="utf-8")
             if "tensorboard" in tc.trackers:
@@ -885,6 +949,7 @@ class Trainer:
         import torch
 
         from qrdistill.io import atomic_write_json, git_sha
+        from qrdistill.train.artifacts import adapter_digest
 
         out = self.train_dir
         for s in self.students:
@@ -923,6 +988,8 @@ class Trainer:
             "trainable_parameters": sum(p.numel() for p in self.params),
             "world_size": self.world, "routing_rank_check": rank_check,
             "fingerprint": self.fingerprint, "config": self.tc.model_dump(mode="json"),
+            # evaluate checks these: adapters that are not the ones this training wrote are refused.
+            "adapters": {s.name: adapter_digest(out / "adapters" / s.name) for s in self.students},
             "seed": self.cfg.seed, "git_sha": git_sha(),
         }
         summary.update(self.extra_summary)
