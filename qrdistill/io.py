@@ -20,9 +20,17 @@ from qrdistill.errors import DataError, MissingArtifactError, QRDistillError, Ru
 LOCK_FILE = ".qrdistill.lock"
 #: Paths (relative to a run dir) that only qrdistill writes; any one of them marks a run dir.
 RUN_DIR_MARKERS = (
-    LOCK_FILE, "store.sqlite", "paths.jsonl", "filtered.jsonl", "filter_report.json",
-    "meta/generate.json", "meta/filter.json", "meta/train.json", "meta/evaluate.json",
-    "train/summary.json", "eval/summary.json",
+    LOCK_FILE,
+    "store.sqlite",
+    "paths.jsonl",
+    "filtered.jsonl",
+    "filter_report.json",
+    "meta/generate.json",
+    "meta/filter.json",
+    "meta/train.json",
+    "meta/evaluate.json",
+    "train/summary.json",
+    "eval/summary.json",
 )
 _SEED_DIR = re.compile(r"seed-\d+")
 
@@ -130,8 +138,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.unlink(tmp)
         if isinstance(e, OSError):
             # Disk full or a read-only file system: the old file is still whole (the rename never ran).
-            raise QRDistillError(f"{path}: cannot write ({e.strerror or e}); the previous version, if any, "
-                                 f"is unchanged") from None
+            raise QRDistillError(
+                f"{path}: cannot write ({e.strerror or e}); the previous version, if any, is unchanged"
+            ) from None
         raise
 
 
@@ -270,7 +279,8 @@ def is_run_dir(path: Path) -> bool:
     try:
         return any(
             _SEED_DIR.fullmatch(p.name) and any((p / m).exists() for m in RUN_DIR_MARKERS)
-            for p in path.iterdir() if p.is_dir()
+            for p in path.iterdir()
+            if p.is_dir()
         )
     except OSError:
         return False
@@ -289,8 +299,10 @@ def check_run_dir(path: str | Path, force: bool = False) -> Path:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RunDirError(f"{path}: the run directory is a file, not a directory; give --run-dir (or run_dir) "
-                          f"a directory path")
+        raise RunDirError(
+            f"{path}: the run directory is a file, not a directory; give --run-dir (or run_dir) "
+            f"a directory path"
+        )
     if path.is_dir() and not is_run_dir(path):
         try:
             empty = next(path.iterdir(), None) is None
@@ -310,6 +322,8 @@ def check_run_dir(path: str | Path, force: bool = False) -> Path:
         os.unlink(probe)
         (path / LOCK_FILE).touch(exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"{path}: the run directory is not writable ({e.strerror or e}); fix its "
-                          f"permissions or pick another --run-dir") from None
+        raise RunDirError(
+            f"{path}: the run directory is not writable ({e.strerror or e}); fix its "
+            f"permissions or pick another --run-dir"
+        ) from None
     return path

@@ -88,6 +88,14 @@ def test_case4_empty_paths_never_replaces_filtered(generated, content):
     assert {name: digest(generated / name) for name in before} == before
 
 
+def test_case4_limit_zero_never_replaces_filtered(generated):
+    before = digest(generated / "filtered.jsonl")
+    proc = cli("filter", "-d", str(generated), "--limit", "0", cwd=generated.parent)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--limit" in proc.stderr
+    assert digest(generated / "filtered.jsonl") == before
+
+
 # -- 5: an emptied store is not silently asked again ----------------------------------------------------------
 
 
@@ -405,10 +413,24 @@ def test_case10_yaml_alias_bomb_is_refused_quickly(tmp_path):
             b'{"qid": "a/1", "task": "a", "style": "cot", "prompt": "p", "response": "r", "correct": true, "meta": 3}\n',
             "meta",
         ),
+        (
+            b'{"qid": "a/1", "task": "a", "style": "cot", "prompt": "p", "response": "r", "correct": false, '
+            b'"choices": 5}\n',
+            "choices",
+        ),
         (b"[" * 100_000 + b"\n", "paths.jsonl:1"),
         (b'{"qid": 1' + b"0" * 5000 + b"}\n", "paths.jsonl:1"),
     ],
-    ids=["binary", "style-int", "response-null", "correct-str", "meta-int", "deep-nesting", "huge-int"],
+    ids=[
+        "binary",
+        "style-int",
+        "response-null",
+        "correct-str",
+        "meta-int",
+        "choices-int",
+        "deep-nesting",
+        "huge-int",
+    ],
 )
 def test_case10_garbage_paths_file(tmp_path, content, needle):
     run = tmp_path / "run"
@@ -446,6 +468,29 @@ def test_case10_read_only_run_dir(tmp_path, stage):
     finally:
         for p in [run, *run.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(28, "No space left on device", "/run/train/step-3/adapter.safetensors"),
+        OSError(30, "Read-only file system", "/run/eval/summary.json"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    ],
+    ids=["ENOSPC", "EROFS", "not-utf8"],
+)
+def test_case10_os_errors_from_any_stage_are_one_line(tmp_path, monkeypatch, capsys, exc):
+    """The CLI's net for code that does not convert these itself (e.g. a checkpoint write in train)."""
+    from qrdistill import cli
+
+    def stage(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli, "_stage", lambda name: type("Stage", (), {"run": staticmethod(stage)}))
+    assert cli.main(["filter", "-d", str(tmp_path / "run")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("qrdistill: error: "), err
+    assert (getattr(exc, "filename", None) or "UTF-8") in err[0]
 
 
 def test_case10_run_dir_that_is_a_file(tmp_path):

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from qrdistill.config import RunConfig, load_config
 from qrdistill.errors import QRDistillError
 from qrdistill.io import iter_jsonl_lines, read_json, read_jsonl
-from qrdistill.stages.filter import read_paths
 
 FUZZ = settings(
     max_examples=150,
@@ -220,7 +219,13 @@ json_values = st.recursive(
 #: Fields of a paths.jsonl row with any JSON value: the filter's reader must type-check each.
 path_rows = st.fixed_dictionaries(
     {k: json_values for k in ("qid", "task", "style", "prompt", "response", "correct")},
-    optional={"meta": json_values, "question": json_values, "sample": json_values},
+    optional={
+        "meta": json_values,
+        "question": json_values,
+        "sample": json_values,
+        "choices": json_values,
+        "gold_text": json_values,
+    },
 )
 JSONL_TRICKS = [
     b"[" * 100_000,
@@ -247,7 +252,6 @@ def _readers(path: Path) -> None:
         lambda: read_jsonl(path),
         lambda: list(iter_jsonl_lines(path, required=("qid", "task"))),
         lambda: read_json(path),
-        lambda: read_paths(path),
     ):
         try:
             out = read()
@@ -265,9 +269,24 @@ def test_fuzz_jsonl_readers(scratch, lines):
 
 
 @FUZZ
+@given(st.lists(jsonl_lines, max_size=8))
+def test_fuzz_paths_reader(scratch, lines):
+    from qrdistill.stages.filter import read_paths
+
+    path = scratch / "paths.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    try:
+        read_paths(path)
+    except QRDistillError:
+        pass
+
+
+@FUZZ
 @given(st.lists(path_rows, min_size=1, max_size=5))
 def test_fuzz_paths_rows_are_type_checked(scratch, rows):
-    """Whatever read_paths accepts has the types the filter relies on."""
+    """Whatever the filter's reader accepts has the types the filter relies on."""
+    from qrdistill.stages.filter import read_paths
+
     path = scratch / "paths.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     try:
@@ -279,3 +298,6 @@ def test_fuzz_paths_rows_are_type_checked(scratch, rows):
         assert isinstance(r["correct"], bool) and isinstance(r["meta"], dict)
         assert not isinstance(r.get("sample", 0), bool) and isinstance(r.get("sample", 0), int)
         assert isinstance(r.get("question", ""), (str, type(None)))
+        assert isinstance(r.get("choices", []), (list, type(None))) and isinstance(
+            r["meta"].get("record") or {}, dict
+        )

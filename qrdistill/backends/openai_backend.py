@@ -165,11 +165,15 @@ def capped_http_client(limit: int) -> Any:
         encoding = response.headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             # A few kB of gzip can inflate to gigabytes; the limit counts what arrives.
-            raise ResponseTooLarge(f"compressed response (Content-Encoding: {encoding}) although none was "
-                                   "asked for; its size cannot be bounded")
+            raise ResponseTooLarge(
+                f"compressed response (Content-Encoding: {encoding}) although none was "
+                "asked for; its size cannot be bounded"
+            )
         declared = response.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
-            raise ResponseTooLarge(f"response of {declared} bytes is larger than max_response_bytes ({limit} bytes)")
+            raise ResponseTooLarge(
+                f"response of {declared} bytes is larger than max_response_bytes ({limit} bytes)"
+            )
         response.stream = CappedStream(response.stream)
 
     return DefaultAsyncHttpxClient(event_hooks={"response": [cap]}, headers={"Accept-Encoding": "identity"})
@@ -312,8 +316,13 @@ class OpenAIBackend(Backend):
 
         c = self.config
         # The client lives inside this loop (its connection pool is bound to it); retries are ours.
-        client = AsyncOpenAI(api_key=self._api_key, base_url=c.base_url, timeout=c.timeout, max_retries=0,
-                             http_client=capped_http_client(c.max_response_bytes))
+        client = AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=c.base_url,
+            timeout=c.timeout,
+            max_retries=0,
+            http_client=capped_http_client(c.max_response_bytes),
+        )
         # The resource is imported on first access; done here, that is not charged to any attempt's deadline.
         _ = client.chat.completions if c.mode == "chat" else client.completions
         sem = asyncio.Semaphore(c.max_concurrency)

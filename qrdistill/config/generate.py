@@ -87,7 +87,7 @@ class OpenAIBackendConfig(_BackendBase):
     )
     max_concurrency: StrictPositiveInt = Field(8, description="Requests in flight at once.")
     timeout: float = Field(
-        120.0, gt=0, description="Seconds per attempt (sending the request to the parsed body) before it fails."
+        120.0, gt=0, description="Seconds per attempt (from sending the request to the parsed body)."
     )
     max_retries: int = Field(5, ge=0, le=50, strict=True, description="Retries on 429/5xx/timeouts/bad JSON.")
     backoff_base: float = Field(1.0, gt=0, description="First backoff in seconds; doubles per retry.")

@@ -17,12 +17,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from qrdistill.config.generate import StrictPositiveInt
 
 Method = Literal["qrdistill", "sft", "answer_aug", "skd", "step_by_step"]
 RouterMode = Literal["learned", "random", "off"]
@@ -40,7 +41,7 @@ class LoraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    r: PositiveInt = Field(16, le=1024, description="LoRA rank (the paper uses 32).")
+    r: StrictPositiveInt = Field(16, le=1024, description="LoRA rank (the paper uses 32).")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: Literal["all-linear"] | list[str] = Field(
@@ -88,7 +89,7 @@ class RouterConfig(BaseModel):
         "`enabled: false` is accepted for `mode: off` (`enabled: true` for learned).",
     )
     encoder: str = Field("minilm", description="Path encoder: `minilm` (bundled) or any HF encoder id/path.")
-    hidden: PositiveInt = Field(256, description="Hidden width of the router MLP.")
+    hidden: StrictPositiveInt = Field(256, description="Hidden width of the router MLP.")
     lr: float = Field(3.0e-3, gt=0, le=1.0, description="AdamW learning rate of the router (its own param group).")
     schedule: Literal["constant", "students"] = Field(
         "constant", description="Router learning-rate schedule: constant, or the students' warmup and decay "
@@ -146,7 +147,7 @@ class MutualConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shared_dim: PositiveInt = Field(128, le=8192, description="Width of the shared projection space (eq. 5).")
+    shared_dim: StrictPositiveInt = Field(128, le=8192, description="Width of the shared projection space (eq. 5).")
     lr: float = Field(1.0e-3, gt=0, le=1.0, description="Learning rate of projections and competence regressors.")
     # Default true: with a non-detached target, eq. 8 is smallest at uniform γ, so γ would carry no
     # information about which student is better (docs/method.md, "What trains γ").
@@ -218,23 +219,23 @@ class TrainConfig(BaseModel):
     answer_aug_style: str = Field(
         "cot", description="answer_aug: the one style whose sampled paths (generate.samples_per_style) are the data."
     )
-    epochs: PositiveInt = Field(1, le=1000)
+    epochs: StrictPositiveInt = Field(1, le=1000)
     step_budget: Literal["matched", "epochs"] = Field(
         "matched", description="matched: every method takes epochs x (kept paths / effective batch) optimizer "
         "steps, cycling its own items, so methods compared in one table train equally long; epochs: epochs "
         "passes over the method's own items (the paper's counts: 10 epochs, 3 for math).",
     )
-    max_steps: PositiveInt | None = Field(
+    max_steps: StrictPositiveInt | None = Field(
         None, description="Optimizer steps to run; overrides epochs (the data is cycled as needed)."
     )
-    batch_size: PositiveInt = Field(4, le=4096, description="Paths per device per micro-batch.")
-    grad_accum: PositiveInt = Field(1, le=1024, description="Micro-batches per optimizer step.")
-    max_length: Literal["auto"] | PositiveInt = Field(
+    batch_size: StrictPositiveInt = Field(4, le=4096, description="Paths per device per micro-batch.")
+    grad_accum: StrictPositiveInt = Field(1, le=1024, description="Micro-batches per optimizer step.")
+    max_length: Literal["auto"] | StrictPositiveInt = Field(
         "auto", description="Tokens per (prompt, response) pair. auto: the p99 of the data's pair lengths, per "
         "student tokenizer, capped by max_length_cap. A pair that does not fit is dropped and counted, never cut; "
         "more than 1% dropped is an error.",
     )
-    max_length_cap: PositiveInt = Field(2048, ge=16, description="Upper bound of max_length: auto.")
+    max_length_cap: StrictPositiveInt = Field(2048, ge=16, description="Upper bound of max_length: auto.")
     answer_weight: float = Field(
         5.0, ge=0, le=1000, description="Loss weight of the final-answer line's tokens relative to the rest."
     )
@@ -249,9 +250,9 @@ class TrainConfig(BaseModel):
     )
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast on GPU (accelerate).")
-    checkpoint_every: PositiveInt = Field(50, description="Optimizer steps between checkpoints (plus the last).")
-    keep_checkpoints: PositiveInt = Field(2, description="Most recent checkpoints kept on disk.")
-    log_every: PositiveInt = Field(1, description="Optimizer steps between log.jsonl rows.")
+    checkpoint_every: StrictPositiveInt = Field(50, description="Optimizer steps between checkpoints (plus the last).")
+    keep_checkpoints: StrictPositiveInt = Field(2, description="Most recent checkpoints kept on disk.")
+    log_every: StrictPositiveInt = Field(1, description="Optimizer steps between log.jsonl rows.")
     trackers: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="tensorboard writes train/tb/; others go through accelerate's log_with.",

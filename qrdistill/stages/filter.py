@@ -53,9 +53,12 @@ PATH_FIELDS: dict[str, tuple[type, ...]] = {
     "qid": (str,), "task": (str,), "style": (str,), "prompt": (str,), "response": (str,), "correct": (bool,),
 }
 OPTIONAL_PATH_FIELDS: dict[str, tuple[type, ...]] = {
-    "question": (str, type(None)), "meta": (dict, type(None)), "sample": (int,),
+    "question": (str, type(None)), "meta": (dict, type(None)), "sample": (int,), "choices": (list, type(None)),
+    "gold_text": (str, type(None)),
 }
-_JSON_TYPE = {str: "a string", bool: "true or false", dict: "an object", int: "an integer", type(None): "null"}
+_JSON_TYPE = {
+    str: "a string", bool: "true or false", dict: "an object", int: "an integer", list: "a list", type(None): "null",
+}
 
 
 def is_clean(planted: Any) -> bool:
@@ -163,6 +166,9 @@ def read_paths(path: Path) -> list[dict[str, Any]]:
                                 f"run `qrdistill generate` again to rewrite {path.name} from the store")
         if row.get("meta") is None:
             row["meta"] = {}
+        if not isinstance(row["meta"].get("record") or {}, dict):
+            raise DataError(f"{path}:{lineno}: field meta.record must be an object; run `qrdistill generate` "
+                            f"again to rewrite {path.name} from the store")
         rows.append(row)
     return rows
 

@@ -97,8 +97,9 @@ class _Child:
     def _pump(self) -> None:
         # A reader thread, because a pipe read cannot time out portably.
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.put(line.strip())
         self.lines.put(None)
 
     def wait_ready(self) -> None:
@@ -126,12 +127,12 @@ class _Child:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        # stdout is the reader thread's: it reads to the end a dead child leaves, then closes it.
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass  # a write buffered for the dead child cannot be flushed
 
 
 _lock = threading.Lock()
