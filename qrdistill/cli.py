@@ -21,7 +21,10 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"--set {key.strip()}: not a YAML value ({str(e).splitlines()[0]})") from None
 
 
 def _positive_int(text: str) -> int:

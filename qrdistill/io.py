@@ -111,12 +111,16 @@ def read_json(path: str | Path) -> Any:
 
 
 def count_nonblank_lines(path: str | Path) -> int:
-    """Rows of a JSONL file without parsing them (0 when it is absent or unreadable)."""
-    try:
-        with Path(path).open("rb") as f:
-            return sum(1 for line in f if line.strip())
-    except OSError:
+    """Rows of a JSONL file without parsing them (0 when it is absent; unreadable is an error, so a check
+    that guards stored work cannot pass by failing to read it)."""
+    path = Path(path)
+    if not path.exists():
         return 0
+    try:
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

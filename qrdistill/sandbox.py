@@ -18,34 +18,50 @@ session, with
   program sees only a loopback interface that is down, so no connection can
   leave it, and its process is PID 1 of its own namespace, so when it (or the
   bootstrap that waits for it) dies the kernel kills every process it
-  started. Without them ("hooks" isolation) only the Python-level layer below
-  keeps it off the network;
+  started. Without them ("hooks" isolation) only Landlock's TCP rule (below)
+  and the Python-level hook keep it off the network. The namespaces do not
+  touch the file system: there is no mount namespace;
+- where the kernel offers Landlock (`landlock_abi()`, Linux 5.13+; it works
+  as root and without namespaces), a Landlock ruleset applied to the program
+  and everything it starts: no file may be executed, and writing, creating,
+  truncating, deleting, renaming or linking files is allowed only under its
+  directory and /dev/null. With ABI 4+ TCP bind/connect is refused, with
+  ABI 6+ signals and abstract Unix sockets to processes outside. Reads are
+  not restricted by the kernel;
 - a Python audit hook (`sys.addaudithook`), installed before the program's
   first line, that refuses: sockets and name lookups; starting processes
   (fork, exec, spawn, system, subprocess, and `_posixsubprocess.fork_exec`,
-  which has no audit event of its own); signals to other processes; raising
+  which has no audit event of its own: it is replaced wherever it is bound,
+  `subprocess._fork_exec` included, and a fresh copy of the module, by
+  import or `importlib`, is refused); signals to other processes; raising
   its own limits; ctypes; changing directory; opening for writing, creating,
-  renaming, deleting or changing files outside its directory; reading
-  outside its directory, the Python installation and a few system files
-  (so other processes' `/proc/<pid>/environ` and secret files are out of
-  reach).
+  renaming, deleting or changing files outside its directory, and SQLite
+  databases outside it; reading outside its directory, the Python
+  installation and a few system files (so other processes'
+  `/proc/<pid>/environ` and secret files are out of reach).
 
-How strong it is. The namespaces and rlimits are enforced by the kernel. The
-audit hook is not: it runs in the same interpreter as the program, so code
-written to defeat it (editing the hook's closure, a C extension that calls
-libc) can; it stops accidents and ordinary library calls, and records every
-refusal it makes. RLIMIT_NPROC does not bind a process running as root (the
-kernel exempts it), so as root the hook's refusal of fork is what stops a
-fork bomb, and the PID namespace or process-group kill cleans up. File
-writes outside the directory are refused by the hook only; a root process
-that got past it could write anywhere. This is a filter for teacher output
-written in good faith, not a security boundary against a determined attacker
-(that needs a container or VM: gVisor, Firecracker, E2B).
+How strong it is. The namespaces, Landlock and rlimits are enforced by the
+kernel. The audit hook is not: it runs in the same interpreter as the
+program, so code written to defeat it (editing the hook's closure or the
+wrapped `_imp` functions, a C extension that calls libc) can; it stops
+accidents and ordinary library calls, and records every refusal it makes.
+Some writes raise no audit event at all (`os.mkfifo`, `os.mknod`, SQLite's
+ATTACH DATABASE and VACUUM INTO). So what protects the file system: with
+Landlock, the kernel refuses every write outside the directory and every
+exec, whoever the user; without it, only the hook does, and a process that
+gets past it writes wherever its user may (as root: anywhere). Reads outside
+are refused by the hook only. RLIMIT_NPROC does not bind a process running
+as root (the kernel exempts it), so as root the hook's refusal of fork is
+what stops a fork bomb, and the PID namespace or process-group kill cleans
+up. This is a filter for teacher output written in good faith, not a
+security boundary against a determined attacker (that needs a container or
+VM: gVisor, Firecracker, E2B).
 
 The filter stage calls `execute_programs`: it extracts the last fenced Python
 block of each program-style path, runs it (results are kept in
-`D/executions.sqlite`, keyed by the code, the limits, the isolation and the
-Python version, so a re-run executes only what is new), reads the last line
+`D/executions.sqlite`, keyed by the code, the limits, the isolation, the
+Landlock ABI and the Python version; an unreadable or full cache file is a
+one-line `QRDistillError` naming it, so a re-run executes only what is new), reads the last line
 the program printed with the task's own answer check, and records a verdict
 per path.
 
@@ -72,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 #: Part of the cache key: bump it when a change here could change an outcome.
-SANDBOX_VERSION = 1
+SANDBOX_VERSION = 2
 NAMESPACES = "namespaces"
 HOOKS = "hooks"
 #: A path's verdict: `run_program`'s status (ok, error, timeout, memory, refused) with "ok" read by the
@@ -85,12 +101,23 @@ PROCESS_HEADROOM = 8
 #: Interpreter start-up and imports (sympy takes about a second) on top of the time limit, wall clock only.
 STARTUP_ALLOWANCE_S = 2.0
 TAIL_CHARS = 500
+#: Tests turn this off to check that the kernel layer (Landlock) stands on its own.
+_AUDIT_HOOK = True
 #: A program that retries a refused call in a loop must not fill the report file.
 MAX_REPORTED_REFUSALS = 20
 EXECUTIONS_FILE = "executions.sqlite"
 
 _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+# Landlock (Linux 5.13+): the same syscall numbers on every architecture.
+_LL_CREATE_RULESET, _LL_ADD_RULE, _LL_RESTRICT_SELF = 444, 445, 446
+_LL_CREATE_RULESET_VERSION, _LL_RULE_PATH_BENEATH = 1, 1
+_LL_EXECUTE, _LL_WRITE_FILE, _LL_REFER, _LL_TRUNCATE = 1 << 0, 1 << 1, 1 << 13, 1 << 14
+# remove dir/file, make char/dir/reg/sock/fifo/block/sym
+_LL_CHANGE_TREE = sum(1 << b for b in range(4, 13))
+# Extension modules whose fresh copy would bring back a function the sandbox replaced.
+_GUARDED_MODULES = frozenset({"_posixsubprocess", "_imp"})
 # The last fenced block tagged python/py/python3 (or untagged): teachers often show a snippet before the final program.
 _CODE_RE = re.compile(
     r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL | re.IGNORECASE
@@ -155,6 +182,27 @@ def isolation() -> str:
     return NAMESPACES if probe.returncode == 0 else HOOKS
 
 
+@functools.cache
+def landlock_abi() -> int:
+    """The Landlock ABI version this kernel offers (0: none), probed without restricting anything."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        abi = libc.syscall(
+            ctypes.c_long(_LL_CREATE_RULESET),
+            None,
+            ctypes.c_size_t(0),
+            ctypes.c_uint32(_LL_CREATE_RULESET_VERSION),
+        )
+    except (OSError, AttributeError):
+        return 0
+    return max(0, int(abi))
+
+
 def _base_env(box: str) -> dict[str, str]:
     # Nothing is inherited: the parent's environment may hold API keys.
     return {
@@ -204,6 +252,8 @@ def run_program(code: str, limits: Limits | None = None) -> ExecutionResult:
             "report_fd": rep.fileno(),
             "parent": os.getpid(),
             "namespaces": iso == NAMESPACES,
+            "landlock": landlock_abi(),
+            "audit_hook": _AUDIT_HOOK,
         }
         proc = subprocess.Popen(
             [sys.executable, "-I", "-B", __file__, json.dumps(spec)],
@@ -320,6 +370,7 @@ def _cache_key(code: str, limits: Limits, iso: str) -> str:
             "code": code,
             "limits": asdict(limits),
             "isolation": iso,
+            "landlock": landlock_abi(),
             "python": sys.version,
         },
         sort_keys=True,
@@ -332,27 +383,48 @@ class ExecutionCache:
     loses only the programs that were running."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS executions (key TEXT PRIMARY KEY, result TEXT NOT NULL, "
-            "created REAL NOT NULL)"
+        self.path = path
+        try:
+            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS executions (key TEXT PRIMARY KEY, result TEXT NOT NULL, "
+                "created REAL NOT NULL)"
+            )
+        except sqlite3.Error as e:
+            raise self._unreadable(e) from None
+
+    def _unreadable(self, e: Exception) -> Exception:
+        from qrdistill.errors import DataError
+
+        return DataError(
+            f"{self.path}: not a usable execution cache ({e}); delete it and every program is run again"
         )
 
     def get(self, keys: list[str]) -> dict[str, ExecutionResult]:
         out = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT key, result FROM executions WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, result in self._db.execute(q, chunk):
-                out[key] = ExecutionResult.from_dict(json.loads(result))
+        try:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                q = f"SELECT key, result FROM executions WHERE key IN ({','.join('?' * len(chunk))})"
+                for key, result in self._db.execute(q, chunk):
+                    out[key] = ExecutionResult.from_dict(json.loads(result))
+        except (sqlite3.Error, ValueError, TypeError) as e:
+            raise self._unreadable(e) from None
         return out
 
     def put(self, key: str, result: ExecutionResult) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO executions VALUES (?, ?, ?)",
-            (key, json.dumps(result.to_dict()), time.time()),
-        )
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO executions VALUES (?, ?, ?)",
+                (key, json.dumps(result.to_dict()), time.time()),
+            )
+        except sqlite3.Error as e:
+            from qrdistill.errors import QRDistillError
+
+            raise QRDistillError(
+                f"{self.path}: cannot store an execution result ({e}); free disk space or delete the file"
+            ) from None
 
     def close(self) -> None:
         self._db.close()
@@ -489,6 +561,66 @@ def _enter_namespaces(libc: Any) -> None:
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 70)
 
 
+def _landlock(libc: Any, box: str, abi: int) -> None:
+    """Let the kernel refuse, for this process and all it starts: executing any file; creating, deleting,
+    renaming, linking or writing to files outside `box` (except /dev/null); and, where the ABI has them,
+    TCP bind/connect (ABI 4) and signals or abstract Unix sockets to processes outside (ABI 6). Reads are
+    left to the audit hook."""
+    import ctypes
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    def call(nr: int, *args: Any) -> int:
+        r = libc.syscall(ctypes.c_long(nr), *args)
+        if r < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"landlock: {os.strerror(errno)}")
+        return r
+
+    libc.syscall.restype = ctypes.c_long
+    change = (
+        _LL_WRITE_FILE | _LL_CHANGE_TREE | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
+    )
+    attr = (ctypes.c_uint64 * 3)(change | _LL_EXECUTE, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = call(_LL_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    try:
+        for path, allowed in ((box, change), ("/dev/null", change & (_LL_WRITE_FILE | _LL_TRUNCATE))):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = PathBeneath(allowed, fd)
+                call(
+                    _LL_ADD_RULE,
+                    ctypes.c_int(ruleset),
+                    ctypes.c_int(_LL_RULE_PATH_BENEATH),
+                    ctypes.byref(rule),
+                    0,
+                )
+            finally:
+                os.close(fd)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        call(_LL_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+def _sqlite_target(database: Any) -> str | None:
+    """The file an sqlite3.connect name opens, None for an in-memory database."""
+    name = os.fsdecode(database) if isinstance(database, (str, bytes)) else str(database)
+    if name.startswith("file:"):
+        # A URI (uri=True; without it the name is a relative file in the sandbox, which is checked the same).
+        name, _, query = name[5:].partition("?")
+        if "mode=memory" in query:
+            return None
+        name = name.partition("#")[0]
+        if name.startswith("//"):
+            name = "/" + name[2:].partition("/")[2]
+    return None if name in ("", ":memory:") else name
+
+
 def _install_hook(box: str, report_fd: int) -> Any:
     """Install the audit hook of the module docstring and return its `refuse(event, detail)`.
 
@@ -606,11 +738,50 @@ def _install_hook(box: str, report_fd: int) -> Any:
                     refuse("os.symlink to outside the sandbox", args[0])
         elif event in refused_always or event.startswith(("socket.", "ctypes.")):
             refuse(event, args[:2] if args else "")
-        elif event == "import" and args[0] == "_posixsubprocess":
+        elif event == "import" and args[0] in _GUARDED_MODULES:
             refuse(event, args[0])  # a fresh copy would bring back the real fork_exec
+        elif event == "sqlite3.connect":
+            # SQLite opens its files itself, without the open event.
+            target = _sqlite_target(args[0])
+            if target is not None and not inside(resolve(target), (box,)):
+                refuse(event, target)
+            # ATTACH DATABASE and VACUUM INTO open files with no audit event at all: only Landlock stops those.
 
     sys.addaudithook(hook)
     return refuse
+
+
+def _guard_processes(refuse: Any) -> None:
+    """Replace `_posixsubprocess.fork_exec`, which starts a process without an audit event, everywhere it is
+    bound (`subprocess._fork_exec` is an alias made when subprocess was imported), and refuse a fresh copy
+    of the extension module (`import` after deleting it from sys.modules raises an audit event;
+    `importlib.util.module_from_spec` goes through `_imp.create_dynamic`, which does not)."""
+    import _imp
+    import _posixsubprocess
+
+    real = _posixsubprocess.fork_exec
+
+    def fork_exec(*args: Any, **kwargs: Any) -> Any:
+        return refuse("_posixsubprocess.fork_exec", args[0] if args else "")
+
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict):
+            for name, value in list(namespace.items()):
+                if value is real:
+                    namespace[name] = fork_exec
+    del real
+
+    def guarded(create: Any) -> Any:
+        def create_module(spec: Any, *args: Any) -> Any:
+            if spec.name.rpartition(".")[2] in _GUARDED_MODULES:
+                refuse("import", spec.name)
+            return create(spec, *args)
+
+        return create_module
+
+    _imp.create_dynamic = guarded(_imp.create_dynamic)
+    _imp.create_builtin = guarded(_imp.create_builtin)
 
 
 def _child(spec: dict[str, Any]) -> None:
@@ -630,24 +801,20 @@ def _child(spec: dict[str, Any]) -> None:
         if spec["namespaces"]:
             _enter_namespaces(libc)
         _lower_limit(resource.RLIMIT_AS, spec["memory_bytes"], spec["memory_bytes"])
+        box = os.getcwd()
+        if spec["landlock"]:
+            _landlock(libc, box, spec["landlock"])
     except OSError as e:
         os.write(report_fd, f"setup {e}\n".encode())
         os._exit(70)
-    box = os.getcwd()
     source = Path(box, "main.py").read_text(encoding="utf-8")
     main = types.ModuleType("__main__")
     main.__file__ = "main.py"
     sys.modules["__main__"] = main
     sys.argv = ["main.py"]
     del libc
-    # Imported before the hook so that the program finds it loaded (sympy and scipy import subprocess):
-    # its fork_exec starts a process without an audit event, so it is replaced.
-    import _posixsubprocess
-
-    refuse = _install_hook(box, report_fd)
-    _posixsubprocess.fork_exec = lambda *args, **kwargs: refuse(
-        "_posixsubprocess.fork_exec", args[0] if args else ""
-    )
+    if spec["audit_hook"]:
+        _guard_processes(_install_hook(box, report_fd))
     try:
         exec(compile(source, "main.py", "exec"), main.__dict__)
     except MemoryError:

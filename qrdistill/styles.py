@@ -14,6 +14,7 @@ from qrdistill.errors import ConfigError
 #: The only placeholder `render` fills in a style template.
 PLACEHOLDERS = ("question",)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LATEX_BEFORE = re.compile(r"(?:\\[A-Za-z]+|[}^_])$")
 
 STYLES: dict[str, str] = {
     "vanilla": "Reason to solve the problem:\n{question}",
@@ -58,8 +59,16 @@ def resolve_styles(names: list[str], custom: dict[str, str] | None = None) -> di
 
 
 def unknown_placeholders(template: str, known: tuple[str, ...] = PLACEHOLDERS) -> list[str]:
-    """`{name}` fields of `template` that nothing fills in (they would reach the model literally)."""
-    return sorted({f"{{{m}}}" for m in _PLACEHOLDER.findall(template) if m not in known})
+    """`{name}` fields of `template` that nothing fills in (they would reach the model literally).
+
+    A brace group right after a LaTeX command, another group or a sub/superscript
+    (`\\boxed{answer}`, `\\frac{a}{b}`, `x^{n}`) is LaTeX a math prompt means to send, not a placeholder.
+    """
+    return sorted({
+        f"{{{m.group(1)}}}"
+        for m in _PLACEHOLDER.finditer(template)
+        if m.group(1) not in known and not _LATEX_BEFORE.search(template, 0, m.start())
+    })
 
 
 def render(template: str, question: str, answer_instruction: str) -> str:

@@ -4,8 +4,9 @@ case 1: an answer check on any input ends in bounded time on any thread (math-ve
         child process with a deadline; the extractors are linear and bounded in input size), and an
         undecided check is `unverifiable`: not kept by the filter, incorrect for evaluate;
 case 2: a server that sends headers and then drips bytes cannot hold an attempt past `timeout`;
-case 3: a response body over `max_response_bytes` is an error, not stored, and not read past the cap;
-case 4: a BIG-bench score that is not a number is one DataError naming the file and the example.
+case 9: a response body over `max_response_bytes` (counted after any decompression) is an error, not
+        stored, and not read past the cap;
+case 10: a BIG-bench score that is not a number is one DataError naming the file and the example.
 
 Every server here listens on 127.0.0.1 only and is bounded in requests and in time. A call that
 must end is run in a daemon thread joined with a limit, so a regression fails the test instead of
@@ -133,6 +134,75 @@ def test_case1_a_long_answer_is_not_parsed_at_all():
     assert got is Verdict.UNVERIFIABLE and elapsed < 1.0
 
 
+PARENT_CODE = """
+import sys, threading, time
+from qrdistill.tasks import mathcheck
+mathcheck.DEADLINE_S = 600.0  # the parent never gives up on its own: only its death may end the child
+threading.Thread(target=mathcheck.compare, args=(r"9^{9^{9^{9}}}", "5"), daemon=True).start()
+while mathcheck._child is None or not mathcheck._child.ready:
+    time.sleep(0.05)
+time.sleep(1.0)  # the child is now deep in the tower
+print(mathcheck._child.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_case1_the_math_child_dies_with_its_parent_even_by_sigkill():
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    import qrdistill
+
+    root = Path(qrdistill.__file__).resolve().parent.parent
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_CODE], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    child = None
+    try:
+        assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], STARTUP_ALLOWANCE_S + 30)
+        assert ready, "the parent did not report its math child in time"
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5.0
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the math child outlived its SIGKILLed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_case1_a_math_child_that_cannot_start_is_a_project_error_with_an_install_hint(monkeypatch):
+    from qrdistill.tasks import mathcheck
+
+    # What a missing math-verify does to the child: it dies importing it.
+    monkeypatch.setattr(mathcheck, "_CHILD_CODE", "import math_verify_is_not_installed_here")
+    monkeypatch.setattr(mathcheck, "_child", None)
+    with pytest.raises(QRDistillError, match=r"pip install") as err:
+        mathcheck.compare(r"\frac{1}{2}", "x")
+    assert type(err.value) is not RuntimeError
+    monkeypatch.undo()
+    assert mathcheck.compare(r"\frac{1}{2}", r"\frac{2}{4}") == mathcheck.EQUAL
+
+
 ADVERSARIAL = {
     "letter_then_spaces": "A" + " " * N + "x",
     "repeated_option": ("05/01/2021 " * (N // 11))[:N],
@@ -227,6 +297,75 @@ def test_case1_filter_records_unverifiable_and_keeps_nothing_undecided(tmp_path,
     assert half["correct"] and half["kept"]
     assert report["overall"]["unverifiable"] == 1 and report["overall"]["wrong_answer"] == 0
     assert report["overall"]["kept"] == 1
+
+
+def test_case1_generate_records_the_check_and_filter_trusts_it(tmp_path, short_deadline, monkeypatch):
+    from qrdistill.stages import filter as filter_stage
+    from qrdistill.stages import generate as generate_stage
+    from qrdistill.tasks import mathcheck
+
+    data = tmp_path / "math.jsonl"
+    problems = [("Compute the tower.", "5"), ("Halve one.", r"\frac{1}{2}"), ("Add.", "3")]
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"problem": p, "solution": f"So \\boxed{{{a}}}.", "level": "Level 1", "type": "Algebra"}
+            )
+            + "\n"
+            for p, a in problems
+        )
+    )
+
+    def reply(prompt: str) -> str:
+        if "tower" in prompt:
+            return TOWER
+        return r"Half of one. The answer is $\frac{2}{4}$." if "Halve" in prompt else "The answer is 4."
+
+    run = tmp_path / "run"
+    with OpenAIStub(reply=reply) as stub:
+        cfg = load_config(
+            None,
+            {
+                "run_dir": str(run),
+                "tasks": [{"name": "math", "path": str(data)}],
+                "generate": {
+                    "styles": ["cot"],
+                    "teacher": {
+                        "kind": "openai",
+                        "base_url": stub.base_url,
+                        "model": "stub",
+                        "max_retries": 0,
+                    },
+                },
+                "filter": {"judge": {"kind": "none"}},
+            },
+        )
+        bounded(lambda: generate_stage.run(cfg, run), 2 * short_deadline + STARTUP_ALLOWANCE_S + 30)
+    paths = {r["question"]: r for r in read_jsonl(run / "paths.jsonl")}
+    assert {q: (r["correct"], r["check"]) for q, r in paths.items()} == {
+        "Compute the tower.": (False, "unverifiable"),
+        "Halve one.": (True, "correct"),
+        "Add.": (False, "wrong"),
+    }
+
+    # The filter reads the stored verdicts: no check runs again.
+    def no_check(pred: str, gold: str) -> str | None:
+        raise AssertionError(f"the filter re-ran the check on {pred!r}")
+
+    monkeypatch.setattr(mathcheck, "compare", no_check)
+    report, elapsed = bounded(lambda: filter_stage.run(cfg, run), 30)
+    overall = report["overall"]
+    assert (overall["unverifiable"], overall["wrong_answer"], overall["kept"]) == (1, 1, 1)
+
+    # A pool from before `check` was recorded is checked again.
+    monkeypatch.undo()
+    rows = read_jsonl(run / "paths.jsonl")
+    (run / "paths.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "check"}) + "\n" for r in rows)
+    )
+    report, _ = bounded(lambda: filter_stage.run(cfg, run), 2 * short_deadline + STARTUP_ALLOWANCE_S)
+    overall = report["overall"]
+    assert (overall["unverifiable"], overall["wrong_answer"], overall["kept"]) == (1, 1, 1)
 
 
 # ---------------------------------------------------------------- servers bounded in requests and time
@@ -371,7 +510,7 @@ def test_case2_dripping_server_cannot_hold_an_attempt_past_its_timeout(tmp_path)
     assert "timeout after 1s" in stored(run)[0]["error"]
 
 
-# ---------------------------------------------------------------- case 3: oversized responses
+# ---------------------------------------------------------------- case 9: oversized responses
 
 BIG = 40 * 1024 * 1024
 CAP = 1024 * 1024
@@ -381,7 +520,7 @@ def big_body() -> bytes:
     return completion("x" * BIG)
 
 
-def test_case3_oversized_streamed_response_is_an_error_and_never_read_whole(tmp_path):
+def test_case9_oversized_streamed_response_is_an_error_and_never_read_whole(tmp_path):
     from qrdistill.stages import generate as generate_stage
 
     def chunked(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> int:
@@ -407,7 +546,7 @@ def test_case3_oversized_streamed_response_is_an_error_and_never_read_whole(tmp_
     assert not (run / "paths.jsonl").exists() or read_jsonl(run / "paths.jsonl") == []
 
 
-def test_case3_declared_oversized_length_is_refused_before_the_body(tmp_path):
+def test_case9_declared_oversized_length_is_refused_before_the_body(tmp_path):
     from qrdistill.backends import Request, get_backend
 
     def declared(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> int:
@@ -434,32 +573,71 @@ def test_case3_declared_oversized_length_is_refused_before_the_body(tmp_path):
     )
 
 
-def test_case3_compressed_response_is_refused_as_unbounded(tmp_path):
-    from qrdistill.backends import Request, get_backend
+def gzip_server(payload: bytes) -> Server:
+    """A server that gzips its body whatever the request's Accept-Encoding says (some gateways do)."""
 
     def gzipped(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> int:
-        # 40 MB of text in about 40 kB of gzip: the byte cap alone would let it through.
-        data = gzip.compress(big_body())
+        data = gzip.compress(payload)
         send_head(h, {"Content-Length": str(len(data)), "Content-Encoding": "gzip"})
         h.wfile.write(data)
         return len(data)
 
-    with Server(gzipped) as server:
-        cfg = OpenAIBackendConfig(
-            base_url=server.base_url, model="m", mode="completions", max_response_bytes=CAP, max_retries=0
-        )
-        got: list[Any] = []
-        bounded(
-            lambda: get_backend(cfg).generate(
-                [Request(messages=[{"role": "user", "content": "q"}])], lambda req, comp: got.append(comp)
-            ),
-            60,
-        )
+    return Server(gzipped)
+
+
+def one_call(server: Server) -> Any:
+    from qrdistill.backends import Request, get_backend
+
+    cfg = OpenAIBackendConfig(
+        base_url=server.base_url, model="m", mode="completions", max_response_bytes=CAP, max_retries=0
+    )
+    got: list[Any] = []
+    bounded(
+        lambda: get_backend(cfg).generate(
+            [Request(messages=[{"role": "user", "content": "q"}])], lambda req, comp: got.append(comp)
+        ),
+        60,
+    )
     (comp,) = got
-    assert comp.status == "error" and "compressed response (Content-Encoding: gzip)" in comp.error
+    return comp
 
 
-def test_case3_max_response_bytes_has_a_few_mb_default_and_is_validated():
+def test_case9_gzip_bomb_is_stopped_at_the_cap_on_its_decoded_bytes(tmp_path, monkeypatch):
+    import zlib
+
+    # 40 MB of text in about 40 kB of gzip: a cap on the bytes that arrive would let it through.
+    inflated: list[int] = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            self._d = real(*a, **kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._d, name)
+
+        def decompress(self, data: bytes, *a: Any) -> bytes:
+            out = self._d.decompress(data, *a)
+            inflated.append(len(out))
+            return out
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    with gzip_server(big_body()) as server:
+        comp = one_call(server)
+    assert comp.status == "error" and comp.text is None
+    assert f"larger than max_response_bytes ({CAP} bytes)" in comp.error
+    # Never inflated far past the cap, not even for a moment in one piece.
+    assert sum(inflated) <= 2 * CAP and max(inflated) <= CAP + 1, (sum(inflated), max(inflated))
+
+
+def test_case9_a_gzipped_response_within_the_cap_is_read(tmp_path):
+    with gzip_server(completion("The answer is 7.")) as server:
+        comp = one_call(server)
+    assert comp.status == "ok" and comp.text == "The answer is 7.", comp.error
+    assert server.requests[0].get("Accept-Encoding") == "identity"
+
+
+def test_case9_max_response_bytes_has_a_few_mb_default_and_is_validated():
     assert OpenAIBackendConfig().max_response_bytes == 4 * 1024 * 1024
     with pytest.raises(ConfigError, match="max_response_bytes"):
         load_config(
@@ -467,12 +645,12 @@ def test_case3_max_response_bytes_has_a_few_mb_default_and_is_validated():
         )
 
 
-# ---------------------------------------------------------------- case 4: BIG-bench scores that are not numbers
+# ---------------------------------------------------------------- case 10: BIG-bench scores that are not numbers
 
 
 @pytest.mark.parametrize("task_name", ["date", "strategyqa"])
 @pytest.mark.parametrize("scores", [{"Yes": "1", "No": 0}, {"Yes": "1", "No": "0"}])
-def test_case4_bigbench_string_target_score_is_one_data_error(tmp_path, task_name, scores):
+def test_case10_bigbench_string_target_score_is_one_data_error(tmp_path, task_name, scores):
     path = tmp_path / "task.json"
     good = {"input": "Is water wet?", "target_scores": {"Yes": 1, "No": 0}}
     bad = {"input": "Is fire cold?", "target_scores": scores}
@@ -487,7 +665,7 @@ def test_case4_bigbench_string_target_score_is_one_data_error(tmp_path, task_nam
     assert "\n" not in msg
 
 
-def test_case4_hub_style_string_score_is_one_data_error():
+def test_case10_hub_style_string_score_is_one_data_error():
     from qrdistill.tasks.bigbench import _scored_options
     from qrdistill.tasks.loading import Row
 

@@ -346,7 +346,26 @@ def test_case9_ambiguous_config_values_are_refused(tmp_path, yaml_text, field):
     assert not (tmp_path / "run" / "paths.jsonl").exists()
 
 
+def test_case9_latex_in_a_custom_style_is_not_taken_for_a_placeholder():
+    from qrdistill.config import load_config
+
+    template = r"{question} Put the result in \boxed{answer}; \frac{a}{b} and x^{n} are fine."
+    cfg = load_config(None, {"generate.styles": ["mine"], "generate.custom_styles": {"mine": template}})
+    assert cfg.generate.custom_styles["mine"] == template
+    with pytest.raises(Exception, match="oops"):
+        load_config(None, {"generate.styles": ["mine"], "generate.custom_styles": {"mine": template + " {oops}"}})
+
+
 # -- 10: unreadable inputs and unusable run dirs: one line, no traceback --------------------------------------
+
+
+def test_case10_an_override_that_is_not_yaml_is_a_usage_error(capsys):
+    from qrdistill.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--set", "generate.styles=[cot"])
+    assert exit_.value.code == 2
+    assert "--set generate.styles: not a YAML value" in capsys.readouterr().err
 
 
 def test_case10_non_utf8_config(tmp_path):

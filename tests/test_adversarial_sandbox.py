@@ -28,8 +28,8 @@ FAST = Limits(time_s=1.0, memory_mb=512)
 
 @pytest.fixture(params=[NAMESPACES, HOOKS])
 def mode(request, monkeypatch):
-    """Each hostile program runs with this machine's namespaces and again with the audit hook alone,
-    which is all a machine without unprivileged namespaces gets."""
+    """Each hostile program runs with this machine's namespaces and again without them, as on a machine
+    without unprivileged namespaces (Landlock, where the kernel has it, and the audit hook)."""
     if request.param == NAMESPACES and isolation() != NAMESPACES:
         pytest.skip("this machine does not let an unprivileged process create namespaces")
     monkeypatch.setattr(sandbox, "isolation", lambda: request.param)
@@ -290,3 +290,136 @@ def test_case12_verdicts_reach_filtered_jsonl_and_the_report(tmp_path):
     report2 = json.loads((run / "filter_report.json").read_text())
     assert report2["execution"]["run"] == 0 and report2["execution"]["cached"] == ex["run"]
     assert report2["by_task_style"] == report["by_task_style"]
+
+
+def _world_writable(path: Path) -> Path:
+    """A directory anyone may write to, like /tmp: a namespaced program (an unmapped uid) could write there."""
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+# subprocess's own alias of the real fork_exec (bound when subprocess was imported), called with the
+# 23 arguments of Python 3.11's fork_exec.
+_FORK_EXEC_ARGS = (
+    "[b'/bin/sh', b'-c', b'echo escaped > {marker}'], [b'/bin/sh'], True, (w,), None, None, "
+    "-1, -1, -1, -1, -1, -1, r, w, True, False, -1, -1, None, -1, -1, None, False"
+)
+
+
+def test_case12_fork_exec_aliases_and_fresh_copies_are_refused(mode, tmp_path):
+    pub = _world_writable(tmp_path / "pub")
+    spawn = "import os, subprocess\nr, w = os.pipe()\n"
+    attempts = {
+        "subprocess._fork_exec": spawn + "pid = subprocess._fork_exec({args})\nos.waitpid(pid, 0)\n",
+        "importlib fresh copy": spawn
+        + "import importlib.util\nm = importlib.util.module_from_spec(importlib.util.find_spec('_posixsubprocess'))\n"
+        "pid = m.fork_exec({args})\nos.waitpid(pid, 0)\n",
+        "re-import": spawn + "import sys\ndel sys.modules['_posixsubprocess']\nimport _posixsubprocess\n"
+        "pid = _posixsubprocess.fork_exec({args})\nos.waitpid(pid, 0)\n",
+        "fresh _imp": "import sys\ndel sys.modules['_imp']\nimport _imp\n",
+        "multiprocessing spawn": "import multiprocessing as mp\n"
+        "p = mp.get_context('spawn').Process(target=print)\np.start()\np.join()\n",
+        "os.posix_spawn": "import os\nos.posix_spawn('/bin/sh', ['sh', '-c', 'echo escaped > {marker}'], {{}})\n",
+        "os.execv": "import os\nos.execv('/bin/sh', ['sh', '-c', 'echo escaped > {marker}'])\n",
+    }
+    for name, template in attempts.items():
+        marker = pub / name.replace(" ", "_")
+        code = template.format(args=_FORK_EXEC_ARGS.format(marker=marker), marker=marker)
+        result = run_program(code + "import time\ntime.sleep(0.2)\n", FAST)
+        assert result.status == "refused", (name, result)
+        assert not marker.exists(), name
+    assert list(pub.iterdir()) == []
+
+
+def test_case12_writes_that_bypass_the_open_event_are_refused(mode, tmp_path):
+    pub = _world_writable(tmp_path / "pub")
+    db = pub / "x.db"
+    attempts = {
+        "sqlite3.connect": f"import sqlite3\nsqlite3.connect({str(db)!r}).execute('create table t(x)')",
+        "sqlite3 uri": f"import sqlite3\nsqlite3.connect('file:{db}?mode=rwc', uri=True).execute('create table t(x)')",
+        "shutil.copy": f"import shutil\nopen('a', 'w').write('x')\nshutil.copy('a', {str(pub)!r})",
+        "io.FileIO": f"import _io\n_io.FileIO({str(db)!r}, 'w').write(b'x')",
+        "os.open": f"import os\nos.write(os.open({str(db)!r}, os.O_WRONLY | os.O_CREAT), b'x')",
+    }
+    for name, code in attempts.items():
+        result = run_program(code, FAST)
+        assert result.status == "refused", (name, result)
+    assert list(pub.iterdir()) == []
+    # In its own directory SQLite works as usual, in memory or on disk.
+    own = run_program(
+        "import sqlite3\nfor name in (':memory:', 'own.db'):\n"
+        "    c = sqlite3.connect(name)\n    c.execute('create table t(x)')\n    c.execute('insert into t values (42)')\n"
+        "    print(c.execute('select x from t').fetchone()[0])\n",
+        FAST,
+    )
+    assert own.status == "ok" and own.stdout.split() == ["42", "42"], own
+
+
+def test_case12_landlock_stops_writes_and_exec_without_the_audit_hook(tmp_path, monkeypatch):
+    """The kernel layer on its own: with the audit hook turned off, Landlock still refuses every write
+    outside the sandbox directory (including those no audit event sees, like mkfifo) and every exec."""
+    if sandbox.landlock_abi() == 0:
+        pytest.skip("this kernel does not offer Landlock")
+    monkeypatch.setattr(sandbox, "_AUDIT_HOOK", False)
+    pub = _world_writable(tmp_path / "pub")
+    code = (
+        "import os, sqlite3, subprocess\n"
+        "def attempt(name, f):\n"
+        "    try:\n"
+        "        f()\n"
+        "        print(name, 'done')\n"
+        "    except (OSError, sqlite3.Error) as e:\n"
+        "        print(name, 'failed', type(e).__name__)\n"
+        f"attempt('open', lambda: open({str(pub / 'a')!r}, 'w'))\n"
+        f"attempt('mkfifo', lambda: os.mkfifo({str(pub / 'fifo')!r}))\n"
+        f"attempt('sqlite', lambda: sqlite3.connect({str(pub / 'x.db')!r}).execute('create table t(x)'))\n"
+        "c = sqlite3.connect(':memory:')\n"
+        f"attempt('attach', lambda: c.execute(\"ATTACH DATABASE '{pub / 'y.db'}' AS y\").execute('create table y.t(x)'))\n"
+        f"attempt('exec', lambda: subprocess.run(['/bin/sh', '-c', 'echo x > {pub / 'sh'}']))\n"
+        "attempt('own', lambda: open('own.txt', 'w').write('ok'))\n"
+        "attempt('devnull', lambda: open('/dev/null', 'w').write('ok'))\n"
+    )
+    result = run_program(code, FAST)
+    assert result.status == "ok", result
+    outcomes = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert outcomes == {
+        "open": "failed PermissionError",
+        "mkfifo": "failed PermissionError",
+        "sqlite": "failed OperationalError",
+        "attach": "failed OperationalError",
+        "exec": "failed PermissionError",
+        "own": "done",
+        "devnull": "done",
+    }, result
+    assert list(pub.iterdir()) == []
+
+
+def test_case12_full_disk_in_the_execution_cache_is_a_user_error(tmp_path):
+    from qrdistill.errors import QRDistillError
+
+    cache = sandbox.ExecutionCache(tmp_path / "executions.sqlite")
+    try:
+        cache._db.execute("PRAGMA max_page_count = 3")  # SQLite then answers "database or disk is full"
+        big = sandbox.ExecutionResult("ok", "exited normally", "x" * 100_000, "", 0, 0.1, HOOKS)
+        with pytest.raises(QRDistillError, match=r"executions\.sqlite: cannot store an execution result"):
+            cache.put("k", big)
+    finally:
+        cache.close()
+
+
+def test_case12_garbage_execution_cache_is_one_line_through_the_cli(tmp_path):
+    run = tmp_path / "run"
+    env = subprocess_env()
+    base = ["--run-dir", str(run), "--limit", "1"]
+    gen = subprocess.run(
+        qrdistill_cmd("generate", *base), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert gen.returncode == 0, gen.stderr
+    (run / "executions.sqlite").write_bytes(b"this is not an SQLite file " * 200)
+    cmd = qrdistill_cmd("filter", *base, "--set", "filter.execute_programs.enabled=true")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "executions.sqlite" in line]
+    assert len(lines) == 1 and "not a usable execution cache" in lines[0], res.stderr

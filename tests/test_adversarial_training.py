@@ -257,6 +257,21 @@ def _interrupted(finished: Path, tmp_path: Path) -> Path:
     return run_dir
 
 
+def test_case3_a_staged_training_whose_predecessor_was_deleted_is_resumed_not_restarted(
+    tmp_path, models, finished, caplog
+):
+    from qrdistill.stages import train as train_stage
+
+    run_dir = _interrupted(finished, tmp_path)
+    # The user deleted D/train/ while a changed training was staged beside it.
+    os.replace(run_dir / "train", run_dir / "train.new")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        done = train_stage.run(_config(run_dir, models), run_dir)
+    assert f"resuming from {run_dir / 'train' / 'checkpoints'}" in caplog.text
+    assert done["steps"] == STEPS and not (run_dir / "train.new").exists()
+
+
 def test_case6_garbage_checkpoint_json_falls_back_to_the_previous_checkpoint(
     tmp_path, models, finished, caplog
 ):
@@ -341,6 +356,20 @@ def test_case10_garbage_routing_jsonl_gives_file_and_line(tmp_path, models, fini
     config = write_config(tmp_path / "c.yaml", run_dir, models, **SETTINGS)
     msg = _main_error(capsys, "train", "--config", str(config))
     assert f"{routing}:1:" in msg
+
+
+def test_case10_garbage_saved_predictions_and_summary_are_named(tmp_path):
+    from qrdistill.errors import DataError
+    from qrdistill.stages.evaluate import _read_saved, train_method
+
+    saved = tmp_path / "date.jsonl"
+    saved.write_text('{"qid": "q1"}\n[1, 2]\n{"qid": "q3"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=f"{saved}:2: expected a JSON object"):
+        _read_saved(saved)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "summary.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataError, match="summary.json: expected a JSON object"):
+        train_method(tmp_path)
 
 
 def _read_only(path: Path) -> None:

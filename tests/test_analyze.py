@@ -280,6 +280,15 @@ def test_filter_rows_prefer_the_filter_report():
     assert tables.filter_rows(run)[0]["wrong_answer"] == 1
 
 
+def test_filter_rows_show_unverifiable_checks_and_failed_programs_when_the_filter_counted_them():
+    counts = {"total": 9, "wrong_answer": 2, "judged_invalid": 0, "unparseable": 0, "kept": 3}
+    run = tables.RunLogs(Path("x"), filter_report={"by_task_style": {"math": {
+        "cot": {**counts, "unverifiable": 1}, "program": {**counts, "execution_failed": 3}}}})
+    rows = {r["style"]: r for r in tables.filter_rows(run)}
+    assert (rows["cot"]["unverifiable"], rows["cot"]["execution_failed"]) == (1, 0)
+    assert (rows["program"]["unverifiable"], rows["program"]["execution_failed"]) == (0, 3)
+
+
 # ---------------------------------------------------------------- seeds, labels, paired comparisons
 
 

@@ -173,3 +173,28 @@ def test_every_answer_reader_is_bounded_and_raises_only_project_errors(name, mon
         assert score is None or isinstance(score, AnswerScore)
 
     check()
+
+
+# ---------------------------------------------------------------- task data files
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('[{"question": "q", "answer": ' + "9" * 100_000 + "}]", "unreadable JSON value"),
+        ('{"examples": [{"input": "q", "target": ' + "1" * 50_000 + "}]}", "unreadable JSON value"),
+    ],
+    ids=["deeply_nested", "huge_int", "huge_int_under_examples"],
+)
+def test_a_pathological_task_json_file_is_one_data_error_naming_it(tmp_path, text, why):
+    from qrdistill.errors import DataError
+    from qrdistill.tasks.loading import read_rows
+
+    path = tmp_path / "data.json"
+    path.write_text(text)
+    with pytest.raises(DataError) as err:
+        read_rows(path)
+    assert str(err.value).startswith(f"{path}:1: ") and why in str(err.value)
+    with pytest.raises(DataError, match=why):
+        get_task("gsm8k").load("train", str(path))

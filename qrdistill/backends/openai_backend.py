@@ -20,8 +20,8 @@ and then cannot hold a call open (httpx's own timeouts bound each wait for
 bytes, not their sum); the client's lazy imports happen before the first
 attempt starts, so under CPU load they do not time out requests that never
 left. A response body over ``max_response_bytes`` fails at once, without
-retry: it is never read past the limit (bodies are asked uncompressed, and a
-compressed one, whose size cannot be bounded, is refused the same way).
+retry: it is never read past the limit (bodies are asked uncompressed; a
+compressed one is decompressed as it arrives and its decoded bytes count too).
 Every other status (400, 401, 403, 404, 422, ...) fails at
 once. The wait before retry *n* (1-based) is the server's ``Retry-After`` (or
 ``retry-after-ms``; seconds or an HTTP date) when given, else an
@@ -133,7 +133,7 @@ class _Unparseable(Exception):
 
 
 class ResponseTooLarge(Exception):
-    """A response body over `max_response_bytes`, or compressed so that its size cannot be bounded."""
+    """A response body over `max_response_bytes` (as sent, or once decompressed)."""
 
 
 def capped_http_client(limit: int) -> Any:
@@ -142,9 +142,18 @@ def capped_http_client(limit: int) -> Any:
     A response hook runs after the headers and before the body is read (for a direct connection
     and a proxy alike): it refuses a declared length over the limit and wraps the body in a
     counter that raises as soon as the limit is passed, so an oversized body is never held.
+    Bodies are asked uncompressed; a compressed one (a gateway may compress regardless) is
+    decompressed here and its *decoded* bytes count against the limit too, so a few kB of gzip
+    that would inflate to gigabytes stops at the limit. gzip is inflated at most up to the limit
+    at a time; other encodings go through httpx's decoder, one network chunk at a time.
     """
+    import zlib
+
     import httpx
     from openai import DefaultAsyncHttpxClient
+
+    def too_large() -> ResponseTooLarge:
+        return ResponseTooLarge(f"response larger than max_response_bytes ({limit} bytes)")
 
     class CappedStream(httpx.AsyncByteStream):
         def __init__(self, inner: Any) -> None:
@@ -155,26 +164,66 @@ def capped_http_client(limit: int) -> Any:
             async for chunk in self._inner:
                 seen += len(chunk)
                 if seen > limit:
-                    raise ResponseTooLarge(f"response larger than max_response_bytes ({limit} bytes)")
+                    raise too_large()
                 yield chunk
 
         async def aclose(self) -> None:
             await self._inner.aclose()
 
+    class GunzipStream(CappedStream):
+        # zlib's max_length: never more than one byte past the limit is inflated, however small the input.
+        async def __aiter__(self) -> Any:
+            d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            seen = 0
+            async for raw in self._inner:
+                data = raw
+                while data and not d.eof:
+                    try:
+                        out = d.decompress(data, limit - seen + 1)
+                    except zlib.error as e:
+                        raise httpx.DecodingError(f"invalid gzip response body ({e})") from None
+                    seen += len(out)
+                    if seen > limit:
+                        raise too_large()
+                    if out:
+                        yield out
+                    data = d.unconsumed_tail
+
+    class DecodedStream(CappedStream):
+        # httpx's own decoded iterator (deflate, br, zstd), through a bare response on the same body.
+        def __init__(self, inner: Any, headers: Any) -> None:
+            super().__init__(httpx.Response(200, headers=headers, stream=inner))
+
+        async def __aiter__(self) -> Any:
+            seen = 0
+            async for chunk in self._inner.aiter_bytes():
+                seen += len(chunk)
+                if seen > limit:
+                    raise too_large()
+                yield chunk
+
     async def cap(response: Any) -> None:
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        if encoding not in ("", "identity"):
-            # A few kB of gzip can inflate to gigabytes; the limit counts what arrives.
-            raise ResponseTooLarge(
-                f"compressed response (Content-Encoding: {encoding}) although none was "
-                "asked for; its size cannot be bounded"
-            )
         declared = response.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
             raise ResponseTooLarge(
                 f"response of {declared} bytes is larger than max_response_bytes ({limit} bytes)"
             )
-        response.stream = CappedStream(response.stream)
+        raw = CappedStream(response.stream)
+        encodings = [
+            e.strip().lower()
+            for e in response.headers.get_list("content-encoding", split_commas=True)
+            if e.strip().lower() not in ("", "identity")
+        ]
+        if not encodings:
+            response.stream = raw
+            return
+        encoding_headers = {"content-encoding": response.headers["content-encoding"]}
+        gzipped = encodings in (["gzip"], ["x-gzip"])
+        response.stream = GunzipStream(raw) if gzipped else DecodedStream(raw, encoding_headers)
+        # Decoded here: httpx must not decode it again, and the length sent is not the length read.
+        del response.headers["content-encoding"]
+        if "content-length" in response.headers:
+            del response.headers["content-length"]
 
     return DefaultAsyncHttpxClient(event_hooks={"response": [cap]}, headers={"Accept-Encoding": "identity"})
 

@@ -89,14 +89,18 @@ def run(cfg: Any, run_dir: str | Path, limit: int | None = None) -> dict[str, An
 
 def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     from qrdistill.stages.train import STAGING_DIR, recover
+    from qrdistill.train.artifacts import check_training
 
     ecfg = cfg.evaluate
     limit = limit if limit is not None else ecfg.limit
     tasks = load_eval_tasks(cfg, limit)
     recover(run_dir)
-    if (run_dir / STAGING_DIR).is_dir():
-        log.info("%s holds a training that has not finished; evaluating the finished one in %s",
-                 run_dir / STAGING_DIR, run_dir / "train")
+    staged = run_dir / STAGING_DIR
+    if staged.is_dir():
+        # Warn: the scores will be those of the earlier training, which may not be the current config's.
+        state = ("a finished training not yet swapped in (`qrdistill train` again swaps it in)"
+                 if check_training(staged)[0] is not None else "a training that has not finished")
+        log.warning("%s holds %s; evaluating the earlier training in %s", staged, state, run_dir / "train")
     method = train_method(run_dir)
     targets, note = select_targets(cfg, run_dir, method)
     check_trained(cfg, run_dir, targets)
@@ -293,7 +297,10 @@ def adapter_dir(path: Path) -> Path | None:
 def train_method(run_dir: Path) -> str:
     p = run_dir / "train" / "summary.json"
     if p.exists():
-        return str(read_json(p).get("method", "unknown"))
+        summary = read_json(p)
+        if not isinstance(summary, dict):
+            raise DataError(f"{p}: expected a JSON object; delete {p.parent} to retrain")
+        return str(summary.get("method", "unknown"))
     return "zero_shot"
 
 
@@ -361,12 +368,15 @@ def _read_saved(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines):
                 log.warning("%s:%d: dropping a partly written line (interrupted run)", path, i)
                 continue
             raise DataError(f"{path}:{i}: malformed JSON; delete the file to re-evaluate") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object; delete the file to re-evaluate")
+        rows.append(row)
     return rows
 
 
@@ -430,6 +440,8 @@ def prediction_row(et: EvalTask, record: Any, prompt: str, gen: Any, key: str, b
         "strict_correct": bool(score.strict_correct),
         "conflict": bool(score.conflict),
         "letter_correct": score.letter_correct,
+        # The answer check hit its deadline: counted wrong, but not the student's fault alone.
+        "unverifiable": bool(score.unverifiable),
         "stop": gen.stop,
         "gold": et.task.gold_text(record),
         "logprob": {"sum": gen.logprob_sum, "mean": gen.logprob_mean},

@@ -307,14 +307,18 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
 
 def _mark_unverifiable(rows: list[dict[str, Any]]) -> None:
     """Set `check` ("wrong" or "unverifiable") on `rows`, the paths whose answer generate's check
-    did not confirm. paths.jsonl says only whether it confirmed one, so the check runs again to
-    tell an answer it cannot decide (a comparison past its deadline, a response too long to
+    did not confirm. Generate stores its verdict in `check`, and that is used as it is; a row from a
+    pool written before it did says only whether the check confirmed the answer, so the check runs
+    again to tell an answer it cannot decide (a comparison past its deadline, a response too long to
     read) from a wrong one. Neither is kept."""
     from qrdistill.tasks import TASKS, get_task
     from qrdistill.tasks.base import Record, Verdict
 
+    stored = (Verdict.WRONG.value, Verdict.UNVERIFIABLE.value)
     tasks: dict[str, Any] = {}
     for r in rows:
+        if r.get("check") in stored:
+            continue  # generate's own verdict: rerunning an undecided check would cost its deadline again
         if r["task"] not in TASKS:
             continue  # registered only in the process that generated the pool: it stays a wrong answer
         if r["task"] not in tasks:
@@ -323,7 +327,7 @@ def _mark_unverifiable(rows: list[dict[str, Any]]) -> None:
                         choices=list(r.get("choices") or []), meta=dict(r["meta"].get("record") or {}))
         verdict = tasks[r["task"]].check(r["response"], record)
         # Confirmed now but not when generate checked: the verdict depends on the moment, so it is undecided.
-        r["check"] = "wrong" if verdict is Verdict.WRONG else UNVERIFIABLE
+        r["check"] = Verdict.WRONG.value if verdict is Verdict.WRONG else Verdict.UNVERIFIABLE.value
 
 
 def _print_summary(report: dict[str, Any]) -> None:

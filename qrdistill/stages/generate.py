@@ -131,7 +131,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
     from qrdistill.store import Store, run_cached
     from qrdistill.styles import render, resolve_styles
     from qrdistill.tasks import get_task
-    from qrdistill.tasks.base import load_records
+    from qrdistill.tasks.base import Verdict, load_records
 
     gen = cfg.generate
     # Validate everything the user wrote before loading data or asking anyone.
@@ -196,7 +196,9 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
             failed += 1
             continue
         text = comp.text or ""
-        correct = bool(task.is_correct(text, record))
+        # Stored with the row, so filter need not run an undecided check (5 s each) again.
+        check = task.check(text, record)
+        correct = check is Verdict.CORRECT
         per_style[style][0] += 1
         per_style[style][1] += int(correct)
         rows.append({
@@ -212,6 +214,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
             "response": text,
             "pred": task.extract_answer(text, record),
             "correct": correct,
+            "check": check.value,
             "teacher": backend.label,
             "key": key,
             "meta": path_meta(record, comp),

@@ -125,8 +125,14 @@ def recover(run_dir: Path) -> None:
     from qrdistill.train.artifacts import check_training, discard_training
 
     train, new = run_dir / TRAIN_DIR, run_dir / STAGING_DIR
-    if not train.exists() and new.is_dir() and check_training(new)[0] is not None:
-        swap_in_staged(run_dir)
+    if not train.exists() and new.is_dir():
+        if check_training(new)[0] is not None:
+            swap_in_staged(run_dir)
+        else:
+            # The training it was to replace is gone: the staged one becomes the training in progress, so its
+            # checkpoints are resumed rather than left behind while a new one starts from step 0.
+            os.replace(new, train)
+            log.info("train: %s is gone; continuing the unfinished training of %s there", train, new)
     for old in sorted(run_dir.glob(OLD_DIR + "*")):
         if train.is_dir() and old.is_dir() and (old.name == OLD_DIR or old.name[len(OLD_DIR) + 1:].isdigit()):
             discard_training(old, into=train)

@@ -474,9 +474,15 @@ def math_equal(pred: str, gold: str) -> bool:
     return math_verdict(pred, gold) is Verdict.CORRECT
 
 
-def check_math(text: str, gold: str) -> bool:
+def math_check(text: str, gold: str) -> Verdict:
+    """The verdict on the math answer in `text` (`extract_math`): WRONG when it has none."""
     pred = extract_math(text)
-    return pred is not None and math_equal(pred, gold)
+    return Verdict.WRONG if pred is None else math_verdict(pred, gold)
+
+
+def check_math(text: str, gold: str) -> bool:
+    """`math_check` is CORRECT."""
+    return math_check(text, gold) is Verdict.CORRECT
 
 
 # ---------------------------------------------------------------- answer-kind task bases
@@ -615,8 +621,7 @@ class MathTask(AnswerTask):
         return extract_math(text)
 
     def _check(self, text: str, record: Record) -> Verdict:
-        pred = extract_math(text)
-        return Verdict.WRONG if pred is None else math_verdict(pred, record.answer)
+        return math_check(text, record.answer)
 
     def _score(self, text: str, record: Record) -> AnswerScore:
         return _answer_score(strict_math(text), extract_math(text), lambda p: math_verdict(p, record.answer))
@@ -667,6 +672,7 @@ __all__ = [
     "flexible_yes_no",
     "last_boxed",
     "letters",
+    "math_check",
     "math_equal",
     "math_verdict",
     "normalize_date",

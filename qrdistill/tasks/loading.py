@@ -103,11 +103,15 @@ _LIST_KEYS = ("examples", "data", "rows", "questions")
 def _json_rows(path: Path) -> list[Row]:
     """Rows of a JSON list (or of the list under `examples`/`data`/...), each with the
     line its object starts on."""
-    text = path.read_text(encoding="utf-8")
+    from qrdistill.io import _parse_json_text, not_utf8_error
+
     try:
-        top = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8_error(path) from None
+    # Malformed, nested too deeply (RecursionError) or an integer too long to convert (ValueError):
+    # each a DataError naming the file.
+    top = _parse_json_text(path, None, text)
     if isinstance(top, list):
         items, start = top, _skip_ws(text, 0)
     elif isinstance(top, dict):

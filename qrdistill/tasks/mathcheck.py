@@ -12,7 +12,14 @@ math-verify, which is not counted in any check's deadline: a cold start
 under load must not fail a check).
 
 One child per process, used by one caller at a time; a process that forks
-starts its own. Its stdin closing (the parent exiting, even by SIGKILL) ends it.
+starts its own. The child cannot outlive the process that started it, even one
+killed by SIGKILL in the middle of a comparison: on Linux it asks the kernel
+(`PR_SET_PDEATHSIG`) for SIGKILL when its parent dies, and it is started from one
+long-lived thread, since the kernel ties that signal to the thread that started
+it; elsewhere it ends when its stdin closes, which it notices between
+comparisons only. Its address space is capped (`MEMORY_LIMIT_BYTES`, where the
+platform allows), so a runaway big integer fails with MemoryError (no verdict)
+instead of taking the machine's memory.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from qrdistill.errors import QRDistillError
 
 #: Seconds one comparison (both parses and the verify) may take.
 DEADLINE_S = 5.0
@@ -33,11 +42,13 @@ DEADLINE_S = 5.0
 STARTUP_S = 120.0
 #: Longer answers are not parsed: no real final answer is this long, and parse time grows with length.
 MAX_CHARS = 1000
+#: The child's address-space limit (RLIMIT_AS): math-verify and sympy need a few hundred MB.
+MEMORY_LIMIT_BYTES = 2 * 1024**3
 
 # The three answers a child gives; `None` from `compare` means it gave none in time.
 EQUAL, DIFFERENT, UNPARSED = "equal", "different", "unparsed"
 
-_CHILD_CODE = "from qrdistill.tasks.mathcheck import serve; serve()"
+_CHILD_CODE = "import sys; from qrdistill.tasks.mathcheck import serve; serve(int(sys.argv[1]))"
 
 
 def _as_latex(s: str) -> str:
@@ -45,9 +56,36 @@ def _as_latex(s: str) -> str:
     return s if s.startswith("$") or s.startswith("\\boxed") else f"${s}$"
 
 
-def serve() -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL for this process when its parent dies (Linux), and an address-space cap."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    # The parent may have died before the request above: then nobody is left to signal.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = MEMORY_LIMIT_BYTES if hard == resource.RLIM_INFINITY else min(hard, MEMORY_LIMIT_BYTES)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # no resource module (Windows), or a platform that refuses the limit
+
+
+def serve(parent_pid: int | None = None) -> None:
     """The child's loop: one JSON `[pred, gold]` per stdin line, one verdict word per stdout line."""
     import logging
+
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
 
     # Anything printed (by us, sympy or antlr) must not reach the protocol stream.
     proto: IO[str] = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="ascii")
@@ -81,8 +119,8 @@ class _Child:
         # cwd: where this qrdistill is imported from, so the child imports the same copy, and a
         # `math.py` in the caller's working directory cannot shadow the standard library.
         root = Path(qrdistill.__file__).resolve().parent.parent
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_CODE],
+        self.proc = _spawner.popen(
+            [sys.executable, "-c", _CHILD_CODE, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=root,
@@ -109,9 +147,10 @@ class _Child:
             line = "(no answer in time)"
         if line != "ready":
             self.kill()
-            raise RuntimeError(
+            raise QRDistillError(
                 f"the math-verify worker process did not start ({line or 'it exited'}; its error output, if any, "
-                f"is above): is math-verify installed for {sys.executable}?"
+                f"is above); math answers need math-verify: install it with `{sys.executable} -m pip install "
+                f"'math-verify[antlr4_13_2]'` (or `pip install -e .` in a qrdistill checkout)"
             )
         self.ready = True
 
@@ -135,6 +174,40 @@ class _Child:
                 pass  # a write buffered for the dead child cannot be flushed
 
 
+class _Spawner:
+    """Starts processes from one thread that lives as long as this process: PR_SET_PDEATHSIG fires
+    when the *thread* that started the child exits, so a child started by a short-lived caller
+    thread (a pool worker) would be killed with it."""
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[list[str], dict[str, Any], queue.Queue[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="qrdistill-mathcheck-spawner", daemon=True
+                )
+                self._thread.start()
+        box: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._requests.put((argv, kwargs, box))
+        ok, got = box.get()
+        if not ok:
+            raise got
+        return got
+
+    def _serve(self) -> None:
+        while True:
+            argv, kwargs, box = self._requests.get()
+            try:
+                box.put((True, subprocess.Popen(argv, **kwargs)))
+            except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+                box.put((False, e))
+
+
+_spawner = _Spawner()
 _lock = threading.Lock()
 _child: _Child | None = None
 
@@ -151,7 +224,7 @@ def compare(pred: str, gold: str) -> str | None:
         if not _child.ready:
             try:
                 _child.wait_ready()
-            except RuntimeError:
+            except QRDistillError:
                 _child = None
                 raise
         got = _child.ask(pred, gold)
@@ -166,9 +239,10 @@ def compare(pred: str, gold: str) -> str | None:
 
 def _forget_after_fork() -> None:
     # The parent's child and lock belong to the parent; this process starts its own when it needs one.
-    global _child, _lock
+    global _child, _lock, _spawner
     _child = None
     _lock = threading.Lock()
+    _spawner = _Spawner()
 
 
 def _close() -> None:
