@@ -26,41 +26,55 @@ session, with
   and everything it starts: no file may be executed, and writing, creating,
   truncating, deleting, renaming or linking files is allowed only under its
   directory and /dev/null. With ABI 4+ TCP bind/connect is refused, with
-  ABI 6+ signals and abstract Unix sockets to processes outside. Reads are
-  not restricted by the kernel;
+  ABI 6+ signals and abstract Unix sockets to processes outside. Landlock
+  does not cover reads, metadata changes (chmod, chown, utime, xattrs) or
+  executing a memfd (it is not a file on a path);
+- on Linux x86_64 (`_seccomp_supported()`), a seccomp filter that fails with
+  EPERM: execve/execveat, fork/vfork and clone without CLONE_THREAD (threads
+  still start), memfd_create, the chmod, chown, utime and xattr families
+  (inside the directory too), open_by_handle_at, io_uring and
+  setrlimit/prlimit64; and every syscall of another ABI (i386, x32);
 - a Python audit hook (`sys.addaudithook`), installed before the program's
   first line, that refuses: sockets and name lookups; starting processes
   (fork, exec, spawn, system, subprocess, and `_posixsubprocess.fork_exec`,
   which has no audit event of its own: it is replaced wherever it is bound,
-  `subprocess._fork_exec` included, and a fresh copy of the module, by
-  import or `importlib`, is refused); signals to other processes; raising
-  its own limits; ctypes; changing directory; opening for writing, creating,
-  renaming, deleting or changing files outside its directory, and SQLite
-  databases outside it; reading outside its directory, the Python
+  `subprocess._fork_exec` included, by a `functools.partial` of `sys.audit`
+  that raises an event the hook refuses, and a fresh copy of the module, by
+  import or `importlib`, is refused); `os.memfd_create` (replaced the same
+  way); signals to other processes; raising its own limits; ctypes;
+  changing directory; opening for writing, creating, renaming, deleting,
+  chmod/chown/utime/xattr/chflags of files outside its directory, and
+  SQLite databases outside it; reading outside its directory, the Python
   installation and a few system files (so other processes'
   `/proc/<pid>/environ` and secret files are out of reach).
 
-How strong it is. The namespaces, Landlock and rlimits are enforced by the
-kernel. The audit hook is not: it runs in the same interpreter as the
-program, so code written to defeat it (editing the hook's closure or the
-wrapped `_imp` functions, a C extension that calls libc) can; it stops
-accidents and ordinary library calls, and records every refusal it makes.
-Some writes raise no audit event at all (`os.mkfifo`, `os.mknod`, SQLite's
-ATTACH DATABASE and VACUUM INTO). So what protects the file system: with
-Landlock, the kernel refuses every write outside the directory and every
-exec, whoever the user; without it, only the hook does, and a process that
-gets past it writes wherever its user may (as root: anywhere). Reads outside
-are refused by the hook only. RLIMIT_NPROC does not bind a process running
-as root (the kernel exempts it), so as root the hook's refusal of fork is
-what stops a fork bomb, and the PID namespace or process-group kill cleans
-up. This is a filter for teacher output written in good faith, not a
+How strong it is. The namespaces, Landlock, seccomp and rlimits are enforced
+by the kernel. The audit hook is not: it runs in the same interpreter as the
+program. Its state is kept out of the obvious reach (it reads no module
+global, the replacements carry no `__globals__` or closure, gc introspection
+is refused), but pure Python cannot hide everything: the `_imp` guards'
+closures hold the real `_imp` functions, and the hook's path checks call
+`os.path.realpath` and builtins that a program can monkeypatch; a C
+extension calling libc skips it entirely. So code written to defeat the hook
+can; it stops accidents and ordinary library calls, and records every
+refusal it makes. Some writes raise no audit event at all (`os.mkfifo`,
+`os.mknod`, SQLite's ATTACH DATABASE and VACUUM INTO). What protects what
+against code that gets past the hook: with Landlock, the kernel refuses
+every content write, create, delete, rename or link outside the directory
+and every exec of a file; with seccomp (x86_64), also every exec and fork,
+memfd_create, and chmod/chown/utime/xattr changes anywhere. Without Landlock
+it writes wherever its user may (as root: anywhere); without seccomp it may
+fork (RLIMIT_NPROC does not bind root), change metadata of files outside,
+and run native code from a memfd. Reads outside are refused by the hook
+only. This is a filter for teacher output written in good faith, not a
 security boundary against a determined attacker (that needs a container or
 VM: gVisor, Firecracker, E2B).
 
 The filter stage calls `execute_programs`: it extracts the last fenced Python
 block of each program-style path, runs it (results are kept in
 `D/executions.sqlite`, keyed by the code, the limits, the isolation, the
-Landlock ABI and the Python version; an unreadable or full cache file is a
+Landlock ABI, whether seccomp is used and the Python version; a malformed row is
+refused the same way; an unreadable or full cache file is a
 one-line `QRDistillError` naming it, so a re-run executes only what is new), reads the last line
 the program printed with the task's own answer check, and records a verdict
 per path.
@@ -88,7 +102,7 @@ from pathlib import Path
 from typing import Any
 
 #: Part of the cache key: bump it when a change here could change an outcome.
-SANDBOX_VERSION = 2
+SANDBOX_VERSION = 3
 NAMESPACES = "namespaces"
 HOOKS = "hooks"
 #: A path's verdict: `run_program`'s status (ok, error, timeout, memory, refused) with "ok" read by the
@@ -116,8 +130,25 @@ _LL_CREATE_RULESET_VERSION, _LL_RULE_PATH_BENEATH = 1, 1
 _LL_EXECUTE, _LL_WRITE_FILE, _LL_REFER, _LL_TRUNCATE = 1 << 0, 1 << 1, 1 << 13, 1 << 14
 # remove dir/file, make char/dir/reg/sock/fifo/block/sym
 _LL_CHANGE_TREE = sum(1 << b for b in range(4, 13))
-# Extension modules whose fresh copy would bring back a function the sandbox replaced.
-_GUARDED_MODULES = frozenset({"_posixsubprocess", "_imp"})
+# Extension modules whose fresh copy would bring back a function the sandbox replaced (the hook and the
+# `_imp` guard hold this set as a constant of their code, not as a global a program could rebind).
+_GUARDED_MODULES = frozenset({"_posixsubprocess", "_imp", "posix"})
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_CLONE_THREAD = 0x00010000
+# x86_64 syscalls the seccomp filter answers with EPERM: starting processes (execve, execveat, fork, vfork;
+# clone without CLONE_THREAD is checked separately, clone3 gets ENOSYS so glibc falls back to clone),
+# memfd_create/memfd_secret, metadata changes Landlock does not cover (chmod, chown, utime and xattr
+# families), open_by_handle_at, io_uring (its operations bypass seccomp), setrlimit/prlimit64.
+_SECCOMP_DENY_X86_64 = (
+    (59, 322, 57, 58)
+    + (319, 447)
+    + (90, 91, 268, 452, 92, 93, 94, 260, 132, 235, 261, 280)
+    + (188, 189, 190, 197, 198, 199, 463, 466)
+    + (303, 304, 425, 426, 427, 160, 302)
+)
+_NR_CLONE, _NR_CLONE3 = 56, 435
 # The last fenced block tagged python/py/python3 (or untagged): teachers often show a snippet before the final program.
 _CODE_RE = re.compile(
     r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL | re.IGNORECASE
@@ -158,7 +189,21 @@ class ExecutionResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ExecutionResult:
+    def from_dict(cls, d: Any) -> ExecutionResult:
+        """Rebuild a stored result; a ValueError (the cache reports it as unusable) for anything malformed."""
+        text = ("reason", "stdout", "stderr_tail", "isolation")
+        if not isinstance(d, dict) or set(d) != {"status", *text, "returncode", "seconds", "cacheable"}:
+            raise ValueError(f"a stored result is not an execution record: {str(d)[:100]}")
+        if d["status"] not in ("ok", "error", "timeout", "memory", "refused"):
+            raise ValueError(f"a stored result has status {str(d['status'])[:40]!r}")
+        rc, secs = d["returncode"], d["seconds"]
+        if (
+            not all(isinstance(d[k], str) for k in text)
+            or not (rc is None or (isinstance(rc, int) and not isinstance(rc, bool)))
+            or not (isinstance(secs, (int, float)) and not isinstance(secs, bool))
+            or not isinstance(d["cacheable"], bool)
+        ):
+            raise ValueError(f"a stored result has a field of the wrong type: {str(d)[:100]}")
         return cls(**d)
 
 
@@ -201,6 +246,14 @@ def landlock_abi() -> int:
     except (OSError, AttributeError):
         return 0
     return max(0, int(abi))
+
+
+def _seccomp_supported() -> bool:
+    """Whether the sandbox installs its seccomp filter here (Linux on x86_64; the filter is written for
+    that architecture's syscall numbers)."""
+    import platform
+
+    return sys.platform.startswith("linux") and platform.machine() == "x86_64"
 
 
 def _base_env(box: str) -> dict[str, str]:
@@ -253,6 +306,7 @@ def run_program(code: str, limits: Limits | None = None) -> ExecutionResult:
             "parent": os.getpid(),
             "namespaces": iso == NAMESPACES,
             "landlock": landlock_abi(),
+            "seccomp": _seccomp_supported(),
             "audit_hook": _AUDIT_HOOK,
         }
         proc = subprocess.Popen(
@@ -371,6 +425,7 @@ def _cache_key(code: str, limits: Limits, iso: str) -> str:
             "limits": asdict(limits),
             "isolation": iso,
             "landlock": landlock_abi(),
+            "seccomp": _seccomp_supported(),
             "python": sys.version,
         },
         sort_keys=True,
@@ -607,6 +662,54 @@ def _landlock(libc: Any, box: str, abi: int) -> None:
         os.close(ruleset)
 
 
+def _seccomp(libc: Any) -> None:
+    """Install a seccomp filter (x86_64) that fails with EPERM, for this process and all it starts, the
+    syscalls in _SECCOMP_DENY_X86_64 and clone without CLONE_THREAD (threads still start); every syscall of
+    another ABI (i386 via int 0x80, x32) fails too."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    eperm = _SECCOMP_RET_ERRNO | 1
+    prog = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, _AUDIT_ARCH_X86_64),
+        (ret, 0, 0, eperm),
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, 0, 1, 0x40000000),  # x32
+        (ret, 0, 0, eperm),
+    ]
+    for nr in _SECCOMP_DENY_X86_64:
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog += [
+        (jeq, 0, 1, _NR_CLONE3),
+        (ret, 0, 0, _SECCOMP_RET_ERRNO | 38),  # ENOSYS
+        (jeq, 0, 4, _NR_CLONE),
+        (ld, 0, 0, 16),  # low half of args[0], the clone flags
+        (jset, 1, 0, _CLONE_THREAD),
+        (ret, 0, 0, eperm),
+        (ret, 0, 0, _SECCOMP_RET_ALLOW),
+        (ret, 0, 0, _SECCOMP_RET_ALLOW),
+    ]
+    filters = (SockFilter * len(prog))(*(SockFilter(*insn) for insn in prog))
+    fprog = SockFprog(len(prog), filters)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"seccomp: {os.strerror(errno)}")
+
+
 def _sqlite_target(database: Any) -> str | None:
     """The file an sqlite3.connect name opens, None for an in-memory database."""
     name = os.fsdecode(database) if isinstance(database, (str, bytes)) else str(database)
@@ -621,20 +724,36 @@ def _sqlite_target(database: Any) -> str | None:
     return None if name in ("", ":memory:") else name
 
 
-def _install_hook(box: str, report_fd: int) -> Any:
-    """Install the audit hook of the module docstring and return its `refuse(event, detail)`.
+def _install_hook(box: str, report_fd: int) -> None:
+    """Install the audit hook of the module docstring.
 
-    Paths are resolved against the working directory, which the hook keeps fixed (os.chdir is refused)."""
+    Paths are resolved against the working directory, which the hook keeps fixed (os.chdir is refused).
+    The hook reads no global of this module (a program can reach those through its frames): what it uses
+    is bound here, and the hook itself is referenced by nothing a program can reach without gc (refused)."""
     import site
 
     sep = os.sep
+    realpath, join, dirname, isdir, isabs, fsdecode = (
+        os.path.realpath,
+        os.path.join,
+        os.path.dirname,
+        os.path.isdir,
+        os.path.isabs,
+        os.fsdecode,
+    )
+    write, refusal, max_reported, sqlite_target = (
+        os.write,
+        SandboxRefusal,
+        MAX_REPORTED_REFUSALS,
+        _sqlite_target,
+    )
     own_proc = (f"/proc/{os.readlink('/proc/self')}", "/proc/self", "/proc/thread-self")
     read_roots = tuple(
         sorted(
             {
                 os.path.realpath(p)
                 for p in (*sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages())
-                if p and os.path.isabs(p)
+                if p and isabs(p)
             }
             | {"/usr/share/zoneinfo", "/usr/share/mime", "/sys/devices/system/cpu", *own_proc}
         )
@@ -674,6 +793,9 @@ def _install_hook(box: str, report_fd: int) -> Any:
             "gc.get_objects",
             "gc.get_referrers",
             "gc.get_referents",
+            # Raised by the replacements of _posixsubprocess.fork_exec and os.memfd_create (_guard_processes).
+            "_posixsubprocess.fork_exec",
+            "os.memfd_create",
         }
     )
     # event -> positions of the paths it changes. A dir_fd argument is not checked: descriptors of directories
@@ -691,6 +813,8 @@ def _install_hook(box: str, report_fd: int) -> Any:
         "os.truncate": (0,),
         "os.setxattr": (0,),
         "os.removexattr": (0,),
+        "os.chflags": (0,),
+        "os.lchmod": (0,),
         "shutil.rmtree": (0,),
     }
     refusals = [0]
@@ -699,13 +823,13 @@ def _install_hook(box: str, report_fd: int) -> Any:
         return any(path == r or path.startswith(r if r.endswith(sep) else r + sep) for r in roots)
 
     def resolve(p: Any) -> str:
-        return os.path.realpath(os.path.join(box, os.fsdecode(p)))
+        return realpath(join(box, fsdecode(p)))
 
     def refuse(event: str, detail: Any) -> None:
         refusals[0] += 1
-        if refusals[0] <= MAX_REPORTED_REFUSALS:
-            os.write(report_fd, f"refused {event} {detail!r:.300}\n".encode("utf-8", "replace"))
-        raise SandboxRefusal(f"sandbox: {event} refused ({detail!r:.200})")
+        if refusals[0] <= max_reported:
+            write(report_fd, f"refused {event} {detail!r:.300}\n".encode("utf-8", "replace"))
+        raise refusal(f"sandbox: {event} refused ({detail!r:.200})")
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event == "open":
@@ -722,7 +846,7 @@ def _install_hook(box: str, report_fd: int) -> Any:
                 refuse("open for writing", real)
             if real not in read_files and not inside(real, read_roots):
                 refuse("open outside the sandbox", real)
-            if os.path.isdir(real):
+            if isdir(real):
                 # A descriptor of a directory outside would let dir_fd calls escape the checks.
                 refuse("open of a directory outside the sandbox", real)
         elif event in mutations:
@@ -733,55 +857,75 @@ def _install_hook(box: str, report_fd: int) -> Any:
                     refuse(event, args[i])
             if event == "os.symlink":
                 # A link in the sandbox to a file outside would let a later open write through it.
-                target = os.path.join(os.path.dirname(resolve(args[1])), os.fsdecode(args[0]))
-                if not inside(os.path.realpath(target), (box,)):
+                target = join(dirname(resolve(args[1])), fsdecode(args[0]))
+                if not inside(realpath(target), (box,)):
                     refuse("os.symlink to outside the sandbox", args[0])
         elif event in refused_always or event.startswith(("socket.", "ctypes.")):
             refuse(event, args[:2] if args else "")
-        elif event == "import" and args[0] in _GUARDED_MODULES:
-            refuse(event, args[0])  # a fresh copy would bring back the real fork_exec
+        elif event == "import" and args[0] in {"_posixsubprocess", "_imp", "posix"}:  # _GUARDED_MODULES
+            refuse(event, args[0])  # a fresh copy would bring back the real fork_exec or memfd_create
         elif event == "sqlite3.connect":
             # SQLite opens its files itself, without the open event.
-            target = _sqlite_target(args[0])
+            target = sqlite_target(args[0])
             if target is not None and not inside(resolve(target), (box,)):
                 refuse(event, target)
             # ATTACH DATABASE and VACUUM INTO open files with no audit event at all: only Landlock stops those.
 
     sys.addaudithook(hook)
-    return refuse
 
 
-def _guard_processes(refuse: Any) -> None:
-    """Replace `_posixsubprocess.fork_exec`, which starts a process without an audit event, everywhere it is
-    bound (`subprocess._fork_exec` is an alias made when subprocess was imported), and refuse a fresh copy
-    of the extension module (`import` after deleting it from sys.modules raises an audit event;
-    `importlib.util.module_from_spec` goes through `_imp.create_dynamic`, which does not)."""
+# Compiled into a namespace of its own (only builtins, none of this module's globals): the guard set is a
+# constant of the code. Its closure still holds the real `_imp` function and `sys.audit` (cells a program
+# can read and rebind), which pure Python cannot hide; the seccomp filter is what stops the fork and
+# memfd_create of a fresh copy obtained that way.
+_IMP_GUARD = """
+def guarded(create, audit):
+    def create_module(spec, *args):
+        name = spec.name
+        if name.rpartition(".")[2] in {"_posixsubprocess", "_imp", "posix"}:
+            audit("import", name)
+        return create(spec, *args)
+    return create_module
+"""
+
+
+def _guard_processes() -> None:
+    """Replace `_posixsubprocess.fork_exec` (starts a process) and `os.memfd_create` (a file that Landlock
+    does not cover), which raise no audit event, everywhere they are bound (`subprocess._fork_exec` is an
+    alias made when subprocess was imported; `posix` holds os's functions), and refuse a fresh copy of
+    their extension modules (`import` after deleting one from sys.modules raises an audit event;
+    `importlib.util.module_from_spec` goes through `_imp.create_dynamic`/`create_builtin`, which do not).
+
+    A replacement is a `functools.partial` of `sys.audit` with the event's name: calling it raises that
+    event, which the hook refuses. It carries no `__globals__`, closure or defaults, only sys.audit and a
+    string."""
     import _imp
     import _posixsubprocess
 
-    real = _posixsubprocess.fork_exec
-
-    def fork_exec(*args: Any, **kwargs: Any) -> Any:
-        return refuse("_posixsubprocess.fork_exec", args[0] if args else "")
-
+    replacements = {
+        id(_posixsubprocess.fork_exec): (
+            _posixsubprocess.fork_exec,
+            functools.partial(sys.audit, "_posixsubprocess.fork_exec"),
+        )
+    }
+    if hasattr(os, "memfd_create"):
+        replacements[id(os.memfd_create)] = (os.memfd_create, functools.partial(sys.audit, "os.memfd_create"))
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)
         if isinstance(namespace, dict):
             for name, value in list(namespace.items()):
-                if value is real:
-                    namespace[name] = fork_exec
-    del real
+                entry = replacements.get(id(value))
+                if entry is not None and entry[0] is value:
+                    namespace[name] = entry[1]
+    del replacements
+    import builtins
 
-    def guarded(create: Any) -> Any:
-        def create_module(spec: Any, *args: Any) -> Any:
-            if spec.name.rpartition(".")[2] in _GUARDED_MODULES:
-                refuse("import", spec.name)
-            return create(spec, *args)
-
-        return create_module
-
-    _imp.create_dynamic = guarded(_imp.create_dynamic)
-    _imp.create_builtin = guarded(_imp.create_builtin)
+    # Real builtins: C functions called from the guard's frame look some up (getattr) there; it uses none.
+    ns: dict[str, Any] = {"__builtins__": builtins}
+    exec(_IMP_GUARD, ns)
+    guarded = ns.pop("guarded")
+    _imp.create_dynamic = guarded(_imp.create_dynamic, sys.audit)
+    _imp.create_builtin = guarded(_imp.create_builtin, sys.audit)
 
 
 def _child(spec: dict[str, Any]) -> None:
@@ -804,6 +948,8 @@ def _child(spec: dict[str, Any]) -> None:
         box = os.getcwd()
         if spec["landlock"]:
             _landlock(libc, box, spec["landlock"])
+        if spec["seccomp"]:
+            _seccomp(libc)
     except OSError as e:
         os.write(report_fd, f"setup {e}\n".encode())
         os._exit(70)
@@ -814,7 +960,8 @@ def _child(spec: dict[str, Any]) -> None:
     sys.argv = ["main.py"]
     del libc
     if spec["audit_hook"]:
-        _guard_processes(_install_hook(box, report_fd))
+        _install_hook(box, report_fd)
+        _guard_processes()
     try:
         exec(compile(source, "main.py", "exec"), main.__dict__)
     except MemoryError:

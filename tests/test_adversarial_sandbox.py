@@ -423,3 +423,119 @@ def test_case12_garbage_execution_cache_is_one_line_through_the_cli(tmp_path):
     assert "Traceback" not in res.stderr, res.stderr
     lines = [line for line in res.stderr.splitlines() if "executions.sqlite" in line]
     assert len(lines) == 1 and "not a usable execution cache" in lines[0], res.stderr
+
+
+# The reviewer's route to the guard state: the globals of a replacement function (or of the bootstrap's
+# frame), where the guard set and `os` lived; a fake `os` whose realpath says every path is inside.
+_REACH_GUARD_STATE = """
+import os, subprocess, sys, types, posixpath
+fake_path = types.SimpleNamespace(**vars(posixpath))
+fake_path.realpath = lambda p, **kw: os.getcwd() + "/inside"
+fake_os = types.SimpleNamespace(**vars(os))
+fake_os.path = fake_path
+spaces = [getattr(subprocess._fork_exec, "__globals__", None)]
+frame = sys._getframe()
+while frame is not None:
+    spaces.append(frame.f_globals)
+    frame = frame.f_back
+for g in spaces:
+    if g is not None and "_GUARDED_MODULES" in g:
+        g["_GUARDED_MODULES"] = frozenset()
+        g["os"] = fake_os
+"""
+
+
+def test_case12_guard_state_is_out_of_reach_of_program_code(mode):
+    attempts = {
+        "re-import": "del sys.modules['_posixsubprocess']\nimport _posixsubprocess\n",
+        "importlib": "import importlib.util\n"
+        "importlib.util.module_from_spec(importlib.util.find_spec('_posixsubprocess'))\n",
+        "memfd_create": "os.memfd_create('x')\n",
+    }
+    for name, tail in attempts.items():
+        result = run_program(_REACH_GUARD_STATE + tail, FAST)
+        assert result.status == "refused", (name, result)
+
+
+def test_case12_chmod_and_utime_outside_leave_the_file_unchanged(mode, tmp_path):
+    target = tmp_path / "outside.txt"
+    target.write_text("x")
+    os.chmod(target, 0o644)
+    os.utime(target, (1_000_000, 1_000_000))
+    before = os.stat(target)
+    for call in ("os.chmod(path, 0o777)", "os.utime(path, (5, 5))", "os.chown(path, 1, 1)"):
+        code = _REACH_GUARD_STATE + f"path = {str(target)!r}\n{call}\n"
+        result = run_program(code, FAST)
+        assert result.status == "refused", (call, result)
+    after = os.stat(target)
+    assert (after.st_mode, after.st_mtime, after.st_uid) == (before.st_mode, before.st_mtime, before.st_uid)
+
+
+def test_case12_seccomp_stops_memfd_fork_and_metadata_changes_without_the_audit_hook(tmp_path, monkeypatch):
+    """The kernel layer on its own: with the audit hook off, the seccomp filter fails memfd_create, fork,
+    exec and chmod/chown/utime/xattr calls (which Landlock does not cover), while threads still run."""
+    if not sandbox._seccomp_supported():
+        pytest.skip("the seccomp filter is written for Linux on x86_64")
+    monkeypatch.setattr(sandbox, "_AUDIT_HOOK", False)
+    target = tmp_path / "outside.txt"
+    target.write_text("x")
+    os.chmod(target, 0o644)
+    os.utime(target, (1_000_000, 1_000_000))
+    before = os.stat(target)
+    p = str(target)
+    code = (
+        "import os, threading\n"
+        "def attempt(name, f):\n"
+        "    try:\n"
+        "        f()\n"
+        "        print(name, 'done')\n"
+        "    except OSError as e:\n"
+        "        print(name, 'failed', type(e).__name__)\n"
+        "attempt('memfd', lambda: os.memfd_create('x'))\n"
+        "attempt('fork', os.fork)\n"
+        "attempt('exec', lambda: os.execv('/bin/true', ['true']))\n"
+        f"attempt('chmod', lambda: os.chmod({p!r}, 0o777))\n"
+        f"attempt('fchmod', lambda: os.fchmod(os.open({p!r}, os.O_RDONLY), 0o777))\n"
+        f"attempt('utime', lambda: os.utime({p!r}, (5, 5)))\n"
+        f"attempt('chown', lambda: os.chown({p!r}, 1, 1))\n"
+        f"attempt('setxattr', lambda: os.setxattr({p!r}, 'user.x', b'1'))\n"
+        "t = threading.Thread(target=print, args=('thread done',))\n"
+        "t.start()\n"
+        "t.join()\n"
+    )
+    result = run_program(code, FAST)
+    assert result.status == "ok", result
+    outcomes = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    refused = "failed PermissionError"
+    assert outcomes == {
+        **dict.fromkeys(("memfd", "fork", "exec", "chmod", "fchmod", "utime", "chown", "setxattr"), refused),
+        "thread": "done",
+    }, result
+    after = os.stat(target)
+    assert (after.st_mode, after.st_mtime, after.st_uid) == (before.st_mode, before.st_mtime, before.st_uid)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"stdout": 5},
+        {"status": "passed"},
+        {"returncode": "0"},
+        {"cacheable": "yes"},
+        {"extra": 1},
+    ],
+)
+def test_case12_malformed_cache_row_is_a_one_line_data_error(tmp_path, row):
+    from qrdistill.errors import DataError
+
+    good = sandbox.ExecutionResult("ok", "exited normally", "42\n", "", 0, 0.1, HOOKS)
+    cache = sandbox.ExecutionCache(tmp_path / "executions.sqlite")
+    try:
+        cache.put("k", good)
+        assert cache.get(["k"]) == {"k": good}
+        cache._db.execute("UPDATE executions SET result = ?", (json.dumps({**good.to_dict(), **row}),))
+        with pytest.raises(DataError, match=r"executions\.sqlite: not a usable execution cache") as e:
+            cache.get(["k"])
+        assert "\n" not in str(e.value)
+    finally:
+        cache.close()
