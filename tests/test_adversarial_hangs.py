@@ -250,25 +250,28 @@ def test_case1_every_non_math_check_is_fast_on_adversarial_text(name):
     assert max(times) < 2.0, times
 
 
-def test_case1_filter_records_unverifiable_and_keeps_nothing_undecided(tmp_path, short_deadline):
-    from qrdistill.stages import filter as filter_stage
+def _math_pool(
+    tmp_path: Path, problems: list[tuple[str, str]], reply, deadline: float, timeout: float | None = None
+):
+    """A math run dir whose teacher is a stub on 127.0.0.1 answering `reply(prompt)`; generate has run."""
     from qrdistill.stages import generate as generate_stage
 
     data = tmp_path / "math.jsonl"
-    problems = [("Compute the tower.", "5"), ("Halve one.", r"\frac{1}{2}")]
     data.write_text(
         "".join(
             json.dumps(
-                {"problem": p, "solution": f"So \\boxed{{{a}}}.", "level": "Level 1", "type": "Algebra"}
+                {"problem": q, "solution": f"So \\boxed{{{a}}}.", "level": "Level 1", "type": "Algebra"}
             )
             + "\n"
-            for p, a in problems
+            for q, a in problems
         )
     )
-
-    def reply(prompt: str) -> str:
-        return TOWER if "tower" in prompt else r"Half of one. The answer is $0.5$."
-
+    teacher = {
+        "kind": "openai",
+        "model": "stub",
+        "max_retries": 0,
+        **({"timeout": timeout} if timeout else {}),
+    }
     run = tmp_path / "run"
     with OpenAIStub(reply=reply) as stub:
         cfg = load_config(
@@ -276,20 +279,25 @@ def test_case1_filter_records_unverifiable_and_keeps_nothing_undecided(tmp_path,
             {
                 "run_dir": str(run),
                 "tasks": [{"name": "math", "path": str(data)}],
-                "generate": {
-                    "styles": ["cot"],
-                    "teacher": {
-                        "kind": "openai",
-                        "base_url": stub.base_url,
-                        "model": "stub",
-                        "timeout": 10,
-                        "max_retries": 0,
-                    },
-                },
+                "generate": {"styles": ["cot"], "teacher": {**teacher, "base_url": stub.base_url}},
                 "filter": {"judge": {"kind": "none"}},
             },
         )
-        bounded(lambda: generate_stage.run(cfg, run), 2 * short_deadline + STARTUP_ALLOWANCE_S + 30)
+        bounded(lambda: generate_stage.run(cfg, run), 2 * deadline + STARTUP_ALLOWANCE_S + 30)
+    return cfg, run
+
+
+def test_case1_filter_records_unverifiable_and_keeps_nothing_undecided(tmp_path, short_deadline):
+    from qrdistill.stages import filter as filter_stage
+
+    problems = [("Compute the tower.", "5"), ("Halve one.", r"\frac{1}{2}")]
+    cfg, run = _math_pool(
+        tmp_path,
+        problems,
+        lambda prompt: TOWER if "tower" in prompt else r"Half of one. The answer is $0.5$.",
+        short_deadline,
+        timeout=10,
+    )
     report, _ = bounded(lambda: filter_stage.run(cfg, run), 2 * short_deadline + STARTUP_ALLOWANCE_S)
     rows = {r["question"]: r for r in read_jsonl(run / "filtered.jsonl")}
     tower, half = rows["Compute the tower."], rows["Halve one."]
@@ -301,46 +309,15 @@ def test_case1_filter_records_unverifiable_and_keeps_nothing_undecided(tmp_path,
 
 def test_case1_generate_records_the_check_and_filter_trusts_it(tmp_path, short_deadline, monkeypatch):
     from qrdistill.stages import filter as filter_stage
-    from qrdistill.stages import generate as generate_stage
     from qrdistill.tasks import mathcheck
-
-    data = tmp_path / "math.jsonl"
-    problems = [("Compute the tower.", "5"), ("Halve one.", r"\frac{1}{2}"), ("Add.", "3")]
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"problem": p, "solution": f"So \\boxed{{{a}}}.", "level": "Level 1", "type": "Algebra"}
-            )
-            + "\n"
-            for p, a in problems
-        )
-    )
 
     def reply(prompt: str) -> str:
         if "tower" in prompt:
             return TOWER
         return r"Half of one. The answer is $\frac{2}{4}$." if "Halve" in prompt else "The answer is 4."
 
-    run = tmp_path / "run"
-    with OpenAIStub(reply=reply) as stub:
-        cfg = load_config(
-            None,
-            {
-                "run_dir": str(run),
-                "tasks": [{"name": "math", "path": str(data)}],
-                "generate": {
-                    "styles": ["cot"],
-                    "teacher": {
-                        "kind": "openai",
-                        "base_url": stub.base_url,
-                        "model": "stub",
-                        "max_retries": 0,
-                    },
-                },
-                "filter": {"judge": {"kind": "none"}},
-            },
-        )
-        bounded(lambda: generate_stage.run(cfg, run), 2 * short_deadline + STARTUP_ALLOWANCE_S + 30)
+    problems = [("Compute the tower.", "5"), ("Halve one.", r"\frac{1}{2}"), ("Add.", "3")]
+    cfg, run = _math_pool(tmp_path, problems, reply, short_deadline)
     paths = {r["question"]: r for r in read_jsonl(run / "paths.jsonl")}
     assert {q: (r["correct"], r["check"]) for q, r in paths.items()} == {
         "Compute the tower.": (False, "unverifiable"),
