@@ -35,15 +35,22 @@ RUN_DIR_MARKERS = (
 _SEED_DIR = re.compile(r"seed-\d+")
 
 
+def decode_utf8(path: Path, raw: bytes, error: type[QRDistillError] = DataError, what: str = "file") -> str:
+    """`raw` as text; bytes that are not UTF-8 raise `error` naming the line of the first one."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the {what} as UTF-8") from None
+
+
 def not_utf8_error(path: str | Path) -> DataError:
     """A DataError naming the line of the first byte of `path` that is not UTF-8."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        return DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8")
+        decode_utf8(path, path.read_bytes())
+    except DataError as e:
+        return e
     except OSError:
         pass
     return DataError(f"{path}: not UTF-8 text; save the file as UTF-8")

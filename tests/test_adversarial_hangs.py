@@ -523,9 +523,24 @@ def test_case9_oversized_streamed_response_is_an_error_and_never_read_whole(tmp_
     assert not (run / "paths.jsonl").exists() or read_jsonl(run / "paths.jsonl") == []
 
 
-def test_case9_declared_oversized_length_is_refused_before_the_body(tmp_path):
+def one_call(server: Server) -> Any:
     from qrdistill.backends import Request, get_backend
 
+    cfg = OpenAIBackendConfig(
+        base_url=server.base_url, model="m", mode="completions", max_response_bytes=CAP, max_retries=0
+    )
+    got: list[Any] = []
+    bounded(
+        lambda: get_backend(cfg).generate(
+            [Request(messages=[{"role": "user", "content": "q"}])], lambda req, comp: got.append(comp)
+        ),
+        60,
+    )
+    (comp,) = got
+    return comp
+
+
+def test_case9_declared_oversized_length_is_refused_before_the_body(tmp_path):
     def declared(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> int:
         data = big_body()
         send_head(h, {"Content-Length": str(len(data))})
@@ -533,17 +548,7 @@ def test_case9_declared_oversized_length_is_refused_before_the_body(tmp_path):
         return len(data)
 
     with Server(declared) as server:
-        cfg = OpenAIBackendConfig(
-            base_url=server.base_url, model="m", mode="completions", max_response_bytes=CAP, max_retries=0
-        )
-        got: list[Any] = []
-        bounded(
-            lambda: get_backend(cfg).generate(
-                [Request(messages=[{"role": "user", "content": "q"}])], lambda req, comp: got.append(comp)
-            ),
-            60,
-        )
-    (comp,) = got
+        comp = one_call(server)
     assert comp.status == "error" and comp.text is None
     assert (
         f"response of {len(big_body())} bytes is larger than max_response_bytes ({CAP} bytes)" in comp.error
@@ -560,23 +565,6 @@ def gzip_server(payload: bytes) -> Server:
         return len(data)
 
     return Server(gzipped)
-
-
-def one_call(server: Server) -> Any:
-    from qrdistill.backends import Request, get_backend
-
-    cfg = OpenAIBackendConfig(
-        base_url=server.base_url, model="m", mode="completions", max_response_bytes=CAP, max_retries=0
-    )
-    got: list[Any] = []
-    bounded(
-        lambda: get_backend(cfg).generate(
-            [Request(messages=[{"role": "user", "content": "q"}])], lambda req, comp: got.append(comp)
-        ),
-        60,
-    )
-    (comp,) = got
-    return comp
 
 
 def test_case9_gzip_bomb_is_stopped_at_the_cap_on_its_decoded_bytes(tmp_path, monkeypatch):

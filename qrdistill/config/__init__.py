@@ -236,11 +236,9 @@ def _read_config_text(p: Path) -> str:
         raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the config as UTF-8") from None
+    from qrdistill.io import decode_utf8
+
+    return decode_utf8(p, raw, ConfigError, "config")
 
 
 def _parse_yaml(p: Path, text: str) -> dict[str, Any]:
