@@ -350,7 +350,8 @@ def test_relative_signal_cancels_shared_difficulty_and_a_uniform_student_offset(
     sig = RelativeSignal(2)
     observed = torch.ones(4, 2, dtype=torch.bool)
     fit = torch.tensor([[-0.1, 0.1], [0.1, -0.1], [-0.1, 0.1], [0.1, -0.1]])
-    for difficulty in ([1.0, 5.0, 2.0, 9.0], [3.0, 0.5, 7.0, 1.0]):
+    # Three batches of 4: the signal is silent until a student has `window` (10) observations.
+    for difficulty in ([1.0, 5.0, 2.0, 9.0], [3.0, 0.5, 7.0, 1.0], [2.0, 4.0, 0.5, 6.0]):
         # Student 1 is worse by 2 nats/char on every path: an offset, not a fit.
         loss = torch.tensor(difficulty)[:, None] + fit + torch.tensor([0.0, 2.0])
         adv = sig.advantage(loss, observed)
@@ -360,3 +361,116 @@ def test_relative_signal_cancels_shared_difficulty_and_a_uniform_student_offset(
     # A path seen by one student only gives no comparison.
     alone = sig.advantage(torch.tensor([[1.0, 0.0]]), torch.tensor([[True, False]]))
     assert torch.equal(alone, torch.zeros(1, 2))
+
+
+def _feed_one(sig, value: float) -> torch.Tensor:
+    """One compared path between two students with r = (value, −value)."""
+    return sig.advantage(torch.tensor([[value, 0.0]]), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_relative_signal_is_silent_and_exact_until_its_window_fills():
+    """One comparison per call (the demo's rate): an EMA seeded from one or two values standardises
+    the second to ±1/√0.1 ≈ ±3.16 whatever r is. Until a student has `window` observations the
+    statistics are numpy's mean/var of everything seen and no advantage is emitted; from then on the
+    advantage is r standardised by those statistics (so a stream of spread 0.01 and one of spread 1
+    with the same pattern give the same unit-scale advantage), then the EMA takes over."""
+    import numpy as np
+
+    from qrdistill.train.router import RelativeSignal
+
+    z = np.random.default_rng(0).standard_normal(14).astype(np.float32)
+    sigs = {scale: RelativeSignal(2) for scale in (0.01, 1.0)}
+    advs = {scale: [] for scale in sigs}
+    for scale, sig in sigs.items():
+        vals = (z * np.float32(scale)).astype(np.float32)
+        for t, v in enumerate(vals, start=1):
+            adv = _feed_one(sig, float(v))
+            advs[scale].append(adv)
+            seen = vals[:t].astype(np.float64)
+            if t < 10:
+                assert torch.equal(adv, torch.zeros(1, 2)), f"advantage emitted at observation {t}"
+            if t <= 10:
+                np.testing.assert_allclose(sig.mean[0].item(), seen.mean(), rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(sig.var[0].item(), seen.var(), rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(sig.mean[1].item(), -seen.mean(), rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(sig.var[1].item(), seen.var(), rtol=1e-12, atol=1e-15)
+            if t == 10:
+                # Two compared pairs (both students on the one path): n = 2.
+                want = (seen[-1] - seen.mean()) / (seen.std() + 1e-6) / 2  # the signal's std epsilon
+                np.testing.assert_allclose(adv[0, 0].item(), want, rtol=1e-4)
+                np.testing.assert_allclose(adv[0, 1].item(), -want, rtol=1e-4)
+            if t == 11:
+                # Past the window: the EMA (momentum 0.9) as before.
+                m10, v10 = vals[:10].astype(np.float64).mean(), vals[:10].astype(np.float64).var()
+                m11 = 0.9 * m10 + 0.1 * float(v)
+                np.testing.assert_allclose(sig.mean[0].item(), m11, rtol=1e-12)
+                np.testing.assert_allclose(sig.var[0].item(), 0.9 * v10 + 0.1 * (float(v) - m11) ** 2, rtol=1e-12)
+    for t in range(10, 14):
+        a_small, a_big = advs[0.01][t], advs[1.0][t]
+        assert torch.allclose(a_small, a_big, rtol=1e-3, atol=1e-6)
+    assert all(s.window == 10 and s.min_observations == 10 for s in sigs.values())
+
+
+def test_relative_signal_pools_whole_batches_and_counts_only_emitted_pairs_in_n():
+    """Batches of comparisons pool exactly (each value counted once) while a student is below the
+    window — a batch that starts below it is pooled whole — and the EMA takes over after. `/ n` counts
+    only the pairs that carry a signal: a student still below `min_observations` adds neither A nor n."""
+    import numpy as np
+
+    from qrdistill.train.losses import relative_losses
+    from qrdistill.train.router import RelativeSignal
+
+    rng = np.random.default_rng(1)
+    sig = RelativeSignal(3)
+    both = torch.tensor([[True, True, False]] * 3)
+    seen: list[float] = []
+    for call in range(4):  # 3 comparisons of students 0 and 1 a call: counts 3, 6, 9, 12
+        loss = torch.tensor(rng.standard_normal((3, 3)), dtype=torch.float32)
+        adv = sig.advantage(loss, both)
+        seen += (loss[:, 0] - loss[:, 1]).double().tolist()
+        np.testing.assert_allclose(sig.mean[0].item(), np.mean(seen), rtol=1e-6)
+        np.testing.assert_allclose(sig.var[0].item(), np.var(seen), rtol=1e-6)
+        assert int(sig.count[0]) == 3 * (call + 1) and int(sig.count[2]) == 0
+        if call < 3:
+            assert torch.equal(adv, torch.zeros(3, 3))
+        else:
+            assert (adv[:, :2] != 0).all() and (adv[:, 2] == 0).all()
+    # Now student 2 joins on one path: it is compared (counted in its statistics) but below the
+    # threshold, so its entry is 0 and n = 2 + 2 (paths 0-1 for students 0, 1), not 5.
+    loss = torch.tensor(rng.standard_normal((2, 3)), dtype=torch.float32)
+    observed = torch.tensor([[True, True, False], [True, True, True]])
+    mean0, var0 = sig.mean[0].clone(), sig.var[0].clone()
+    adv = sig.advantage(loss, observed)
+    assert int(sig.count[2]) == 1 and adv[1, 2] == 0
+    r, _ = relative_losses(loss, observed)
+    r0 = r[:, 0].double()
+    # Past the window: one EMA step for the whole batch.
+    m = 0.9 * mean0 + 0.1 * r0.mean()
+    v = 0.9 * var0 + 0.1 * ((r0 - m) ** 2).mean()
+    assert torch.allclose(sig.mean[0], m) and torch.allclose(sig.var[0], v)
+    want = ((r0 - m) / v.sqrt() / 4).float()
+    assert torch.allclose(adv[:, 0], want, rtol=1e-4, atol=1e-7)
+
+
+def test_relative_signal_state_round_trips_and_accepts_an_older_state(tmp_path):
+    from qrdistill.train.router import RelativeSignal
+
+    sig = RelativeSignal(2, min_observations=4)
+    for v in (0.3, -0.2, 0.5):  # mid-window: the pooled statistics must carry over exactly
+        _feed_one(sig, v)
+    path = tmp_path / "signal.pt"
+    torch.save(sig.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    resumed = RelativeSignal(2)
+    resumed.load_state_dict(state)
+    assert resumed.min_observations == 4 and resumed.momentum == sig.momentum
+    for v in (0.1, -0.4, 0.25, 0.6, -0.05, 0.2, 0.7, -0.3, 0.15, 0.4):
+        assert torch.equal(_feed_one(sig, v), _feed_one(resumed, v))
+    for k in ("mean", "var", "count"):
+        assert torch.equal(getattr(sig, k), getattr(resumed, k))
+    # A state written before min_observations existed: the default threshold (the window) applies.
+    old = {k: v for k, v in state.items() if k != "min_observations"}
+    legacy = RelativeSignal(2)
+    legacy.load_state_dict(old)
+    assert legacy.min_observations == legacy.window == 10 and int(legacy.count[0]) == 3
+    assert torch.equal(_feed_one(legacy, 0.1), torch.zeros(1, 2))  # 4 observations < 10: still silent

@@ -161,6 +161,12 @@ class MutualConfig(BaseModel):
         "all regressors alike), so identical students start with a zero mutual loss; independent: each "
         "projection drawn on its own (a same-base pair then starts the term with noise).",
     )
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of the run's optimizer steps (the first round(ratio x steps)) in "
+        "which the mutual term trains only the mutual head: the students' hidden states enter it detached, so "
+        "projections drawn at random (students of different widths) line up before the term shapes the "
+        "students. 0 = off.",
+    )
     peer_paths: Literal["co_routed", "all"] = Field(
         "co_routed",
         description="co_routed: a path's mutual term uses the students it was routed to (the distill forward "

@@ -144,6 +144,7 @@ class StepResult:
 
     stats: list[StepStats]
     tau: float
+    mutual_warmup: bool = False  # L_mutual trained the mutual head only (students' hidden states detached)
     entropy: float = 0.0
     load: float = 0.0
     fit: float = 0.0
@@ -236,6 +237,8 @@ class Trainer:
 
         self.schedule = Schedule(len(self.items), tc.batch_size, self.world, tc.grad_accum, self.cfg.seed)
         self.total_steps = self.max_steps or tc.epochs * self._steps_per_epoch()
+        # train.mutual.warmup_ratio: the first steps in which L_mutual trains the mutual head only.
+        self.mutual_warmup_steps = 0 if self.mutual is None else round(tc.mutual.warmup_ratio * self.total_steps)
         self._build_optimizer()
         if self.world > 1:
             # Identical seeds give identical inits already; broadcasting makes it a guarantee.
@@ -379,8 +382,11 @@ class Trainer:
         logits = self.router(self.embeddings[idx.to(self.device)])
         return gumbel_multi_hot(logits, noise, tau), assignment_probabilities(logits)
 
-    def _micro(self, epoch: int, micro: int, n_micro: int, tau: float, step: int) -> MicroResult:
-        """Forward and backward of the students on one micro-batch; the router's part is returned, not applied."""
+    def _micro(self, epoch: int, micro: int, n_micro: int, tau: float, step: int,
+               mutual_warmup: bool = False) -> MicroResult:
+        """Forward and backward of the students on one micro-batch; the router's part is returned, not applied.
+
+        `mutual_warmup`: the mutual term gets the students' hidden states detached (it trains the head only)."""
         import torch
 
         from qrdistill.train.losses import path_nll, routed_distill_loss
@@ -458,7 +464,8 @@ class Trainer:
                     res.router_losses[missing, s] = out.token_nll.float().sum(dim=1).cpu() / chars[missing]
                     res.observed[missing, s] = True
             if self.mutual is not None:
-                mutual, mutual_mse, co_routed = self._mutual_term(alpha, fulls, outs, rows_of, path_losses)
+                mutual, mutual_mse, co_routed = self._mutual_term(alpha, fulls, outs, rows_of, path_losses,
+                                                                  detach_students=mutual_warmup)
         loss = (torch.stack([d.float() for d in distill]).sum() + tc.lambda_mutual * mutual) / n_micro
         if loss.requires_grad:
             self.acc.backward(loss)
@@ -530,19 +537,25 @@ class Trainer:
         tc = self.tc
         tau = anneal_tau(step, self.total_steps, tc.router.tau, tc.router.tau_end) if tc.router.anneal \
             else tc.router.tau
+        # A function of the step number alone, so a run resumed inside the warm-up continues it exactly.
+        warm = step < self.mutual_warmup_steps
         micros = self.schedule.step_micros(micro)
-        results = [self._micro(epoch, m, len(micros), tau, step + 1) for m in micros]
+        results = [self._micro(epoch, m, len(micros), tau, step + 1, mutual_warmup=warm) for m in micros]
         fit, entropy, load, compared = self._router_step(results)
         return StepResult(
-            stats=[r.stats for r in results], tau=tau, entropy=entropy, load=load, fit=fit, compared=compared,
+            stats=[r.stats for r in results], tau=tau, mutual_warmup=warm, entropy=entropy, load=load, fit=fit,
+            compared=compared,
             next_micro=micros[-1] + 1,
             routing_rows=[row for r in results for row in r.routing_rows],
             local_rows=[row for r in results for row in r.local_rows],
         )
 
-    def _mutual_term(self, alpha, fulls, outs, rows_of, path_losses):
+    def _mutual_term(self, alpha, fulls, outs, rows_of, path_losses, detach_students: bool = False):
         """Eqs. 5-8 on this rank's paths that at least two students ran (their distill forwards reused)
-        -> (loss, eq. 8's mean squared distance alone, detached; paths used)."""
+        -> (loss, eq. 8's mean squared distance alone, detached; paths used).
+
+        `detach_students` (the warm-up, `train.mutual.warmup_ratio`): the students' pooled hidden states
+        enter detached, so the term trains the projections and regressors only."""
         import torch
 
         from qrdistill.train.alignment import align_students
@@ -571,6 +584,8 @@ class Trainer:
             m_outs.append(StudentOutput(token_nll=nll, hidden=hidden, response_mask=batch.response_mask))
             m_batches.append(batch)
         pooled, span_mask = align_students(m_outs, m_batches)
+        if detach_students:
+            pooled = [z.detach() for z in pooled]
         pair = part[sel].to(self.device) if (pw is not None or not bool(part[sel].all())) else None
         with self.acc.autocast():
             res = self.mutual(pooled, span_mask.to(self.device), self.tc.mutual.detach_target, pair_weight=pair,
@@ -900,6 +915,7 @@ class Trainer:
         row["mutual"] = mutual
         row["mutual_mse"] = mutual_mse
         row["co_routed_paths"] = int(co)
+        row["mutual_warmup"] = result.mutual_warmup
         for name, r in zip(self.names, rates, strict=True):
             row[f"routing_rate/{name}"] = r
         row["tau"] = result.tau

@@ -255,22 +255,64 @@ class RelativeSignal:
     removes that offset, so the signal says only *which* paths fit a student better than they fit the
     others, and the load and entropy terms decide *how many*. A running standard deviation scales it to
     unit size, so the loss weights of those terms mean the same whatever the students' loss scale.
-    Pure state (a few floats, checkpointed); `advantage` is a function of it and the batch.
+
+    The running statistics start as the exact pooled mean and variance of every ``r`` seen, and become
+    an EMA only once a student has ``window = 1/(1 − momentum)`` observations (10 at 0.9), the number
+    the EMA effectively averages over. An EMA seeded from one value and updated with a second has a
+    variance of (1 − momentum) times that step's own squared deviation, so the second observation
+    standardises to ±1/√(1 − momentum) ≈ ±3.16 whatever ``r`` is: early routing gradients would be a
+    sign of fixed size, not a measured fit. For the same reason a student gets no advantage (``A = 0``)
+    until it has ``min_observations`` (default ``window``) observations, counting the current batch: a
+    standard deviation from fewer values is not a scale worth following. Pure state (a few floats,
+    checkpointed); `advantage` is a function of it and the batch.
     """
 
-    def __init__(self, num_students: int, momentum: float = 0.9):
+    def __init__(self, num_students: int, momentum: float = 0.9, min_observations: int | None = None):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"RelativeSignal: momentum must be in [0, 1), got {momentum}")
+        if min_observations is not None and min_observations < 1:
+            raise ValueError(f"RelativeSignal: min_observations must be >= 1, got {min_observations}")
         self.num_students = num_students
         self.momentum = momentum
+        self._min_observations = min_observations
         self.mean = torch.zeros(num_students, dtype=torch.float64)
         self.var = torch.ones(num_students, dtype=torch.float64)
         self.count = torch.zeros(num_students, dtype=torch.float64)
 
+    @property
+    def window(self) -> int:
+        """The EMA's effective number of observations, ``1/(1 − momentum)`` rounded (10 at 0.9)."""
+        return max(1, round(1.0 / (1.0 - self.momentum)))
+
+    @property
+    def min_observations(self) -> int:
+        return self.window if self._min_observations is None else self._min_observations
+
+    def _update(self, s: int, vals: Tensor) -> None:
+        k, c = len(vals), float(self.count[s])
+        batch_mean = vals.mean()
+        if c < self.window:
+            # Exact pooled statistics (Chan et al.'s parallel update): every value counts once.
+            total = c + k
+            delta = batch_mean - self.mean[s]
+            batch_m2 = ((vals - batch_mean) ** 2).sum()
+            m2 = self.var[s] * c + batch_m2 + delta ** 2 * c * k / total
+            self.mean[s] = self.mean[s] + delta * k / total
+            self.var[s] = m2 / total
+        else:
+            m = self.momentum
+            self.mean[s] = m * self.mean[s] + (1 - m) * batch_mean
+            self.var[s] = m * self.var[s] + (1 - m) * ((vals - self.mean[s]) ** 2).mean()
+        self.count[s] += k
+
     def advantage(self, losses: Tensor, observed: Tensor) -> Tensor:
         """``losses [B, S]`` (any value where unobserved), ``observed [B, S]`` bool -> ``A [B, S]``.
 
-        ``A`` is 0 where a path has no comparison (fewer than two observed students); elsewhere
-        ``(r − mean_s) / std_s / n`` with n the number of compared (path, student) pairs, so that
-        ``Σ alpha · A`` is a mean over them. Updates the running statistics with this batch.
+        ``A`` is 0 where a path has no comparison (fewer than two observed students) and for a student
+        with fewer than ``min_observations`` observations after this batch; elsewhere
+        ``(r − mean_s) / std_s / n`` with n the number of the remaining (emitted) compared
+        (path, student) pairs, so that ``Σ alpha · A`` is a mean over the pairs that carry a signal.
+        Updates the running statistics with this batch first (every compared pair counts, emitted or not).
         """
         from qrdistill.train.losses import relative_losses
 
@@ -278,24 +320,25 @@ class RelativeSignal:
         r64, d = r.detach().double().cpu(), defined.cpu()
         for s in range(self.num_students):
             vals = r64[d[:, s], s]
-            if not len(vals):
-                continue
-            m = 0.0 if self.count[s] == 0 else self.momentum
-            self.mean[s] = m * self.mean[s] + (1 - m) * vals.mean()
-            batch_var = ((vals - self.mean[s]) ** 2).mean()
-            self.var[s] = batch_var if self.count[s] == 0 else m * self.var[s] + (1 - m) * batch_var
-            self.count[s] += len(vals)
-        n = max(int(d.sum()), 1)
+            if len(vals):
+                self._update(s, vals)
+        emit = d & (self.count >= self.min_observations)[None, :]
+        n = max(int(emit.sum()), 1)
         scaled = (r64 - self.mean) / (self.var.sqrt() + 1e-6)
-        return torch.where(d, scaled, torch.zeros_like(scaled)).to(losses.device, torch.float32) / n
+        return torch.where(emit, scaled, torch.zeros_like(scaled)).to(losses.device, torch.float32) / n
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone(),
-                "momentum": self.momentum}
+                "momentum": self.momentum, "min_observations": self.min_observations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a `state_dict`. One written before ``min_observations`` existed keeps this signal's
+        own setting (by default the window of the loaded momentum); its statistics, if still inside the
+        window, are taken as the pooled ones of ``count`` values."""
         self.mean, self.var, self.count = (state[k].clone().double() for k in ("mean", "var", "count"))
         self.momentum = float(state["momentum"])
+        if state.get("min_observations") is not None:
+            self._min_observations = int(state["min_observations"])
 
 
 def all_students_assignment(batch_size: int, num_students: int, device=None) -> Tensor:
