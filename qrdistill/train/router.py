@@ -257,8 +257,8 @@ class RelativeSignal:
     unit size, so the loss weights of those terms mean the same whatever the students' loss scale.
 
     The running statistics start as the exact pooled mean and variance of every ``r`` seen, and become
-    an EMA only once a student has ``window = 1/(1 − momentum)`` observations (10 at 0.9), the number
-    the EMA effectively averages over. An EMA seeded from one value and updated with a second has a
+    an EMA only once a student has ``window = 1/(1 − momentum)`` observations (10 at 0.9): the EMA
+    weighs each call's batch by 1 − momentum, so that is its window at one comparison per call. An EMA seeded from one value and updated with a second has a
     variance of (1 − momentum) times that step's own squared deviation, so the second observation
     standardises to ±1/√(1 − momentum) ≈ ±3.16 whatever ``r`` is: early routing gradients would be a
     sign of fixed size, not a measured fit. For the same reason a student gets no advantage (``A = 0``)
