@@ -14,6 +14,9 @@ directory as a subprocess, exactly as a user would, and reads what it wrote:
     python benchmarks/bench_demo.py [--run-dir /tmp/qrdistill-demo] [--out benchmarks/results/demo.json]
     python benchmarks/bench_demo.py --existing runs/default --log run.log --wall-seconds S
         (summarise a run already made, e.g. README's command 1 in a clean clone, from its log)
+    ... --control runs/random_router
+        (also compare each trained student, paired, with the same student of a control run made with
+         `qrdistill run --run-dir runs/random_router --set train.router.mode=random`)
 
 The Gemma and SmolLM2 copies are dequantized once into the user cache; pass
 --cold to time that too (the cache is moved aside for the run and restored).
@@ -84,13 +87,15 @@ def main() -> int:
     ap.add_argument("--existing", help="summarise this finished run directory instead of running")
     ap.add_argument("--log", help="with --existing: the run's captured stderr (for stage times)")
     ap.add_argument("--wall-seconds", type=float, help="with --existing: the command's measured wall time")
+    ap.add_argument("--control", help="a control run directory (e.g. random router) to compare each student with")
     args = ap.parse_args()
+    control = Path(args.control) if args.control else None
 
     if args.existing:
         run_dir = Path(args.existing)
         log_text = Path(args.log).read_text() if args.log else ""
         return report(run_dir, log_text, args.wall_seconds, args.cold, Path(args.out),
-                      "README command 1 in a clean clone (summarised with --existing)")
+                      "README command 1 in a clean clone (summarised with --existing)", control)
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     env = dict(os.environ)
@@ -121,10 +126,32 @@ def main() -> int:
         print(f"qrdistill run failed (exit {proc.returncode}) after {wall:.0f}s", file=sys.stderr)
         return 1
     return report(run_dir, proc.stderr, wall, args.cold, Path(args.out),
-                  "qrdistill run  (built-in default, no --config)")
+                  "qrdistill run  (built-in default, no --config)", control)
 
 
-def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Path, command: str) -> int:
+def against_control(run_dir: Path, control: Path) -> list[dict]:
+    """Each trained student of `run_dir` against the same student of `control`, on the questions both
+    answered: accuracy of each, paired bootstrap interval of the difference, exact McNemar p."""
+    from qrdistill.evaluation.metrics import compare_paired
+
+    out = []
+    for pred in sorted((run_dir / "eval").glob("*/*.jsonl")):
+        student, task = pred.parent.name, pred.stem
+        other = control / "eval" / student / f"{task}.jsonl"
+        if student.startswith("base_") or not other.exists():
+            continue
+        a, b = ({r["qid"]: bool(r["correct"]) for r in map(json.loads, filter(str.strip, f.read_text().splitlines()))}
+                for f in (pred, other))
+        qids = sorted(a.keys() & b.keys())
+        c = compare_paired([a[q] for q in qids], [b[q] for q in qids])
+        out.append({"student": student, "task": task, "n": c["n"], "accuracy": c["accuracy_a"],
+                    "control_accuracy": c["accuracy_b"], "diff_points": 100 * c["diff"],
+                    "interval": [100 * c["ci_low"], 100 * c["ci_high"]], "mcnemar_p": c["p_value"]})
+    return out
+
+
+def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Path, command: str,
+           control: Path | None = None) -> int:
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     train = json.loads((run_dir / "train" / "summary.json").read_text())
     gains = []
@@ -153,6 +180,8 @@ def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Pa
         "shortcut_baselines": summary.get("shortcut_baselines"),
         "route_spread": route_spread(run_dir),
     }
+    if control is not None:
+        result["control"] = {"run_dir": str(control), "comparisons": against_control(run_dir, control)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"qrdistill run: {(wall or 0) / 60:.1f} min  (" + ", ".join(f"{k} {v:.0f}s" for k, v in
@@ -166,6 +195,10 @@ def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Pa
     for r in result["route_spread"]:
         print(f"  P(route) spread across styles, {r['task']} / {r['student']}: {r['spread']:.2f}  "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["by_style"].items()))
+    for c in (result.get("control") or {}).get("comparisons", []):
+        print(f"  vs control {c['student']:<8} {c['task']:<18} {100 * c['accuracy']:5.1f}% vs "
+              f"{100 * c['control_accuracy']:5.1f}%  diff {c['diff_points']:+.1f} [{c['interval'][0]:+.1f}, "
+              f"{c['interval'][1]:+.1f}]  McNemar p {c['mcnemar_p']:.2g}")
     print(f"saved {out}")
     return 0
 
