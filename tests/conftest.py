@@ -55,3 +55,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[str]:
+    """Two tiny random students (Llama and GPT-2 shaped, different widths), built once per test module."""
+    from tiny_models import make_tiny_students
+
+    return make_tiny_students(tmp_path_factory.mktemp("tiny"))

@@ -69,6 +69,11 @@ def fenced(code: str) -> str:
     return f"Here is a program that computes it:\n```python\n{code}\n```\nOutput: 42\nThe answer is 42."
 
 
+def _assert_all_refused(attempts: dict[str, str]) -> None:
+    for name, code in attempts.items():
+        result = run_program(code, FAST)
+        assert result.status == "refused", (name, result)
+
 def test_case12_correct_program_passes_wrong_one_fails(tmp_path):
     rows = [
         arith_row(fenced("x = 6\nx = x * 7\nprint(x)")),
@@ -202,9 +207,7 @@ def test_case12_nothing_outside_the_sandbox_changes(mode, tmp_path):
         "escape": f"open('../' * 20 + {str(outside)[1:]!r}, 'w').write('pwned')",
         "chdir": f"import os\nos.chdir({str(tmp_path)!r})\nopen('outside.txt', 'w').write('pwned')",
     }
-    for name, code in attempts.items():
-        result = run_program(code, FAST)
-        assert result.status == "refused", (name, result)
+    _assert_all_refused(attempts)
     assert not outside.exists()
     assert victim.read_text() == "untouched"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
@@ -342,9 +345,7 @@ def test_case12_writes_that_bypass_the_open_event_are_refused(mode, tmp_path):
         "io.FileIO": f"import _io\n_io.FileIO({str(db)!r}, 'w').write(b'x')",
         "os.open": f"import os\nos.write(os.open({str(db)!r}, os.O_WRONLY | os.O_CREAT), b'x')",
     }
-    for name, code in attempts.items():
-        result = run_program(code, FAST)
-        assert result.status == "refused", (name, result)
+    _assert_all_refused(attempts)
     assert list(pub.iterdir()) == []
     # In its own directory SQLite works as usual, in memory or on disk.
     own = run_program(

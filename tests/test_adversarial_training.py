@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_models import make_tiny_students
 from train_helpers import (
     make_filtered,
     qrdistill_cmd,
@@ -33,11 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 6, 2
 SETTINGS = {"max_steps": STEPS, "checkpoint_every": EVERY, "keep_checkpoints": 3}
 EVAL = {"limit": 2, "max_new_tokens": 4, "batch_size": 2, "bootstrap_resamples": 20, "students": "trained"}
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> list[str]:
-    return make_tiny_students(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

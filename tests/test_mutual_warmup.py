@@ -9,18 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_tiny_students
 from train_helpers import make_filtered, tiny_config, tiny_train_section
 
 from qrdistill.errors import ConfigError
 
 STEPS = 4
 WARMUP = 0.5  # round(0.5 * 4) = 2 warm-up steps: steps 0 and 1 (logged as steps 1 and 2)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> list[str]:
-    return make_tiny_students(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

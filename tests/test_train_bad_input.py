@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import make_tiny_students
 from train_helpers import make_filtered, qrdistill_cmd, subprocess_env, tiny_train_section
 
 from qrdistill.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> list[str]:
-    return make_tiny_students(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

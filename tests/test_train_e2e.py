@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import make_tiny_students
 from train_helpers import make_filtered, tiny_config, tiny_train_section
 
 from qrdistill.stages import train as train_stage
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> list[str]:
-    return make_tiny_students(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
