@@ -133,6 +133,7 @@ def against_control(run_dir: Path, control: Path) -> list[dict]:
     """Each trained student of `run_dir` against the same student of `control`, on the questions both
     answered: accuracy of each, paired bootstrap interval of the difference, exact McNemar p."""
     from qrdistill.evaluation.metrics import compare_paired
+    from qrdistill.io import read_jsonl
 
     out = []
     for pred in sorted((run_dir / "eval").glob("*/*.jsonl")):
@@ -140,7 +141,7 @@ def against_control(run_dir: Path, control: Path) -> list[dict]:
         other = control / "eval" / student / f"{task}.jsonl"
         if student.startswith("base_") or not other.exists():
             continue
-        a, b = ({r["qid"]: bool(r["correct"]) for r in map(json.loads, filter(str.strip, f.read_text().splitlines()))}
+        a, b = ({r["qid"]: bool(r["correct"]) for r in read_jsonl(f, required=("qid", "correct"))}
                 for f in (pred, other))
         qids = sorted(a.keys() & b.keys())
         c = compare_paired([a[q] for q in qids], [b[q] for q in qids])
