@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
         if name in ("generate", "filter", "evaluate", "run"):
             sp.add_argument("--limit", type=_positive_int, help="Cap the number of questions per task")
+        if name in ("generate", "filter"):
+            sp.add_argument("--dry-run", action="store_true",
+                            help="Print the calls that would be issued (stored ones excluded), the estimated "
+                                 "input and output tokens and the projected cost; issue none")
         if name == "generate":
             sp.add_argument("--rebuild-store", action="store_true",
                             help="Ask the teacher again for every path when store.sqlite is empty but "
@@ -76,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                             help="Train and evaluate once per seed, in <run_dir>/seed-<s>/ (overrides `seeds`)")
+    sp = sub.add_parser("export", help="Export a finished run: its reasoning data as a dataset, each student "
+                                       "merged into its base, or each merged student as a GGUF file",
+                        description="Export a finished run for other tools")
+    sp.add_argument("--run-dir", "-d", required=True, help="Run directory to export from")
+    sp.add_argument("--what", required=True, choices=["dataset", "model", "gguf"], help="What to export")
+    sp.add_argument("--out", "-o", help="Output directory (default: <run dir>/export/<what>)")
+    sp.add_argument("--all-paths", action="store_true",
+                    help="dataset: every filtered path, kept or not (default: the kept paths)")
+    sp.add_argument("--push-to-hub", metavar="REPO",
+                    help="dataset: also push to this Hugging Face Hub repo (token from HF_TOKEN in the environment)")
+    sp.add_argument("--students", nargs="+", metavar="NAME", help="model/gguf: only these students")
+    sp.add_argument("--quant", default="f16",
+                    help="gguf: output type (f32, f16, bf16, q8_0, or a llama.cpp quantisation type)")
+    sp.add_argument("--verbose", "-v", action="store_true")
     sp = sub.add_parser("analyze", help="Tables, routing plots and a report from saved logs")
     sp.add_argument("--run-dir", "-d", action="append", dest="run_dirs", help="Run directory (repeatable)")
     sp.add_argument("--config", "-c", help="YAML run config (its run_dir is analyzed)")
@@ -92,6 +110,11 @@ def dispatch(args: argparse.Namespace) -> Any:
     from qrdistill.config import load_config
     from qrdistill.io import check_run_dir
 
+    if args.command == "export":
+        return _stage("export").run(
+            Path(args.run_dir), what=args.what, out=Path(args.out) if args.out else None,
+            all_paths=args.all_paths, push_to_hub=args.push_to_hub, students=args.students, quant=args.quant,
+        )
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
         if args.config or not run_dirs:
@@ -106,6 +129,8 @@ def dispatch(args: argparse.Namespace) -> Any:
     opts: dict[str, Any] = {}
     if getattr(args, "limit", None) is not None:
         opts["limit"] = args.limit
+    if getattr(args, "dry_run", False):
+        opts["dry_run"] = True
     if getattr(args, "rebuild_store", False):
         opts["rebuild_store"] = True
     train_opts = {}
