@@ -125,11 +125,13 @@ def dispatch(args: argparse.Namespace) -> Any:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     cfg = load_config(args.config, overrides)
-    run_dir = check_run_dir(Path(cfg.run_dir), force=args.force)
+    # A dry run reads what is stored and writes nothing, not even the run directory or its lock.
+    dry_run = getattr(args, "dry_run", False)
+    run_dir = Path(cfg.run_dir) if dry_run else check_run_dir(Path(cfg.run_dir), force=args.force)
     opts: dict[str, Any] = {}
     if getattr(args, "limit", None) is not None:
         opts["limit"] = args.limit
-    if getattr(args, "dry_run", False):
+    if dry_run:
         opts["dry_run"] = True
     if getattr(args, "rebuild_store", False):
         opts["rebuild_store"] = True

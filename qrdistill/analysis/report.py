@@ -216,6 +216,44 @@ def routing_section(runs: list[tables.RunLogs], out: Path, settings: dict[str, A
     return md, shown
 
 
+def cost_section(runs: list[tables.RunLogs], out: Path) -> tuple[list[str], bool | None]:
+    """Teacher and judge usage per stage x task x style from each run's completion store, in USD where the
+    run's config prices the model (tokens only otherwise). None when no run has a store."""
+    from qrdistill.cost import no_price, usd
+
+    md = ["", "## Teacher and judge cost per stage, task and style", "",
+          "From every call the run's completion store logged (`store.sqlite`; a call that failed reported no "
+          "usage), priced with the `prices` of the run's config (USD per million tokens). Task and style `?`: "
+          "calls for paths no longer in paths.jsonl/filtered.jsonl.", ""]
+    # Seeds of a run share their parent's store: its table is shown once, naming every run it holds for.
+    by_store: dict[Path, list[tables.RunLogs]] = {}
+    for r in runs:
+        if r.store_path is not None:
+            by_store.setdefault(r.store_path, []).append(r)
+    if not by_store:
+        return [], None
+    shown = False
+    for holders in by_store.values():
+        rows, unpriced = tables.cost_table(holders[0])
+        md += [f"### {', '.join(r.name for r in holders)}", ""]
+        if not rows:
+            md.append("_The completion store holds no calls._\n")
+            continue
+        shown = True
+        name = f"cost_{_slug(holders[0].name)}.csv"
+        atomic_write_text(out / name, tables.rows_csv(rows))
+        priced = "cost_usd" in rows[0]
+        total = {k: sum(r[k] for r in rows) for k in ("calls", "errors", "prompt_tokens", "cached_tokens",
+                                                       "completion_tokens")}
+        shown_rows = rows + [{"stage": "total", "task": "", "style": "", "model": "", **total,
+                              **({"cost_usd": sum(r["cost_usd"] or 0.0 for r in rows)} if priced else {})}]
+        fmt = {"cost_usd": lambda x: "–" if x is None else usd(x)}
+        md += [tables.rows_markdown(shown_rows, fmt), f"CSV: [{name}]({name})", ""]
+        if unpriced:
+            md.append(f"Tokens only for {', '.join(no_price(m) for m in unpriced)}.\n")
+    return md, shown
+
+
 def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict[str, Any]:
     """The report over every given run directory; one holding seed-k run directories stands for its seeds."""
     given = [Path(d) for d in run_dirs]
@@ -297,6 +335,11 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> d
     if lacking:
         md.append(_missing("filter output (filtered.jsonl / filter_report.json)", "filter", lacking))
     shown["filter"] = any_filter
+
+    section, cost_shown = cost_section(runs, out)
+    md += section
+    if cost_shown is not None:
+        shown["cost"] = cost_shown
 
     if not any(shown.values()):
         stage = "evaluate" if any(r.train_summary for r in runs) else "train"

@@ -51,6 +51,12 @@ class RunLogs:
     routing_final: list[dict[str, Any]] | None = None
     filtered: list[dict[str, Any]] | None = None
     filter_report: dict[str, Any] | None = None
+    #: Every call the run's completion store logged (`qrdistill.cost.stored_calls`); None without a store.
+    usage: list[dict[str, Any]] | None = None
+    #: request key -> (task, style), for the teacher's calls (paths.jsonl) and the judge's (filtered.jsonl).
+    usage_groups: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Which store `usage` came from: a seed directory's is its parent's, where generate and filter ran.
+    store_path: Path | None = None
 
     @property
     def is_seed_dir(self) -> bool:
@@ -90,6 +96,14 @@ class RunLogs:
             if stage in self.meta:
                 return self.meta[stage].get("config") or {}
         return {}
+
+    @property
+    def prices(self) -> dict[str, Any]:
+        """The `prices` of the stages' saved configs (a later stage's entry for a model wins)."""
+        out: dict[str, Any] = {}
+        for stage in ("generate", "filter", "train", "evaluate"):
+            out.update(((self.meta.get(stage) or {}).get("config") or {}).get("prices") or {})
+        return out
 
     @property
     def data_fraction(self) -> float:
@@ -184,7 +198,30 @@ def load_run(path: str | Path) -> RunLogs:
         logs.filtered = read_jsonl(path / "filtered.jsonl")
     if (path / "filter_report.json").exists():
         logs.filter_report = read_json(path / "filter_report.json")
+    data_dir = path if (path / "store.sqlite").is_file() or not logs.is_seed_dir else path.parent
+    if (data_dir / "store.sqlite").is_file():
+        from qrdistill.cost import stored_calls
+
+        logs.store_path = data_dir / "store.sqlite"
+        logs.usage = stored_calls(logs.store_path)
+        logs.usage_groups = usage_groups(data_dir, logs.filtered if data_dir == path else None)
     return logs
+
+
+def usage_groups(data_dir: Path, filtered: list[dict[str, Any]] | None = None) -> dict[str, tuple[str, str]]:
+    """request key -> (task, style): teacher keys from paths.jsonl, judge keys from filtered.jsonl."""
+    groups: dict[str, tuple[str, str]] = {}
+    if (data_dir / "paths.jsonl").exists():
+        for r in read_jsonl(data_dir / "paths.jsonl"):
+            if isinstance(r.get("key"), str):
+                groups[r["key"]] = (str(r.get("task", "?")), str(r.get("style", "?")))
+    if filtered is None and (data_dir / "filtered.jsonl").exists():
+        filtered = read_jsonl(data_dir / "filtered.jsonl")
+    for r in filtered or []:
+        judge = r.get("judge")
+        if isinstance(judge, dict) and isinstance(judge.get("key"), str):
+            groups[judge["key"]] = (str(r.get("task", "?")), str(r.get("style", "?")))
+    return groups
 
 
 def seed_groups(runs: list[RunLogs]) -> list[list[RunLogs]]:
@@ -854,3 +891,31 @@ def filter_rows(run: RunLogs) -> list[dict[str, Any]]:
         elif not judge.get("valid"):
             c["judged_invalid"] += 1
     return [{"task": t, "style": st, **c} for (t, st), c in sorted(acc.items())]
+
+
+# ---------------------------------------------------------------- cost from stored usage
+
+
+def cost_table(run: RunLogs) -> tuple[list[dict[str, Any]], list[str]]:
+    """Stored usage per stage x task x style x model, with USD where the run's `prices` price the model,
+    and the models without a price. Empty without a store."""
+    from qrdistill.config import ModelPrice
+    from qrdistill.cost import cost_rows
+
+    if not run.usage:
+        return [], []
+    prices = {}
+    for name, value in run.prices.items():
+        if isinstance(value, dict):
+            try:
+                prices[name] = ModelPrice.model_validate(value)
+            except ValueError:
+                continue
+    rows = cost_rows(run.usage, run.usage_groups, prices)
+    unpriced = sorted({r["model"] for r in rows if r["cost_usd"] is None})
+    if not prices:
+        # Tokens only: a cost column of blanks would read as "free".
+        rows = [{k: v for k, v in r.items() if k != "cost_usd"} for r in rows]
+    else:
+        rows = [{**r, "cost_usd": None if r["cost_usd"] is None else round(r["cost_usd"], 6)} for r in rows]
+    return rows, unpriced

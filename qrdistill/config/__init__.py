@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qrdistill.config.evaluate import EvaluateConfig
 from qrdistill.config.filter import FilterConfig
@@ -45,6 +45,34 @@ def demo_evaluate() -> EvaluateConfig:
     )
 
 
+#: A price in USD per million tokens; strict: YAML reads `input: true` as a boolean, which a lax float takes as 1.
+Usd = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, as its provider bills it. qrdistill knows no prices: they come only from here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Usd = Field(description="USD per million input (prompt) tokens.")
+    output: Usd = Field(description="USD per million output (completion) tokens.")
+    cached_input: Usd | None = Field(
+        None, description="USD per million input tokens the provider reports as served from its prompt cache "
+        "(stored with a completion as meta.cached_tokens); unset: charged at `input`.",
+    )
+
+
+def _budget_error(loc: tuple[str, ...], budget: float, model: str, model_field: str) -> ValidationError:
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    # Formatted here: the error's own template would read the braces of the example as placeholders.
+    text = (f"a budget needs the price of the model it pays for, and `prices` has no entry for {model!r} "
+            f"({model_field}); add prices: {{{model}: {{input: <USD per 1M input tokens>, output: <USD per 1M "
+            f"output tokens>}}}}")
+    msg = PydanticCustomError("budget_without_price", text)
+    return ValidationError.from_exception_data("RunConfig", [InitErrorDetails(type=msg, loc=loc, input=budget)])
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,6 +98,12 @@ class RunConfig(BaseModel):
         description="Evaluation; when the section is absent from a config, the test split of every task. The "
         "built-in demo (no config) evaluates a fixed sample of each procedural test split instead (DEMO_EVAL).",
     )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Model name (as generate.teacher.model / filter.judge.backend.model spell it) -> its price "
+        "in USD per million tokens, e.g. {gpt-4o-mini: {input: 0.15, output: 0.6, cached_input: 0.075}}. Empty "
+        "by default and never guessed: without a price, dry runs and the report count tokens only.",
+    )
     stages: list[Literal["generate", "filter", "train", "evaluate", "analyze"]] = Field(
         default_factory=lambda: ["generate", "filter", "train", "evaluate", "analyze"],
         description="Stages `qrdistill run` executes, in pipeline order (the zero-shot baseline: "
@@ -89,6 +123,25 @@ class RunConfig(BaseModel):
                                  f"list each task once")
             first[spec.name] = i
         return v
+
+    @field_validator("prices")
+    @classmethod
+    def _named(cls, v: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        if any(not name.strip() for name in v):
+            raise ValueError("a price needs the model's name as its key")
+        return v
+
+    @model_validator(mode="after")
+    def _budgets_priced(self) -> RunConfig:
+        gen = self.generate
+        if gen.budget_usd is not None and gen.teacher.model not in self.prices:
+            raise _budget_error(("generate", "budget_usd"), gen.budget_usd, gen.teacher.model,
+                                "generate.teacher.model")
+        judge = self.filter.judge
+        if self.filter.budget_usd is not None and judge.kind == "llm" and judge.backend.model not in self.prices:
+            raise _budget_error(("filter", "budget_usd"), self.filter.budget_usd, judge.backend.model,
+                                "filter.judge.backend.model")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -281,4 +334,4 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-__all__ = ["RunConfig", "load_config", "format_validation_error"]
+__all__ = ["ModelPrice", "RunConfig", "load_config", "format_validation_error"]

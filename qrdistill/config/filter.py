@@ -67,3 +67,9 @@ class FilterConfig(BaseModel):
     judge: JudgeConfig = Field(default_factory=StepsJudgeConfig)
     enabled: bool = Field(True, description="False = the 'without quality filter' ablation: keep every path.")
     execute_programs: ExecuteProgramsConfig = Field(default_factory=ExecuteProgramsConfig)
+    budget_usd: float | None = Field(
+        None, gt=0, strict=True, allow_inf_nan=False,
+        description="Most the llm judge may spend in this run dir, in USD, counting every judge call stored by "
+        "earlier runs (priced with `prices`, which must list filter.judge.backend.model); as generate.budget_usd. "
+        "The steps and none judges make no calls.",
+    )

@@ -60,6 +60,11 @@ class _BackendBase(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: StrictPositiveInt = Field(512, description="Completion token limit.")
     stop: list[str] = Field(default_factory=list)
+    tokenizer: str | None = Field(
+        None, description="Local tokenizer directory of this model, used only to count prompt tokens for "
+        "`--dry-run` estimates and `budget_usd` reservations; unset: the hf/vllm backend's model directory, "
+        "else tiktoken for an OpenAI model when installed, else characters / 4 (the dry run says which).",
+    )
 
 
 class OpenAIBackendConfig(_BackendBase):
@@ -155,6 +160,13 @@ class GenerateConfig(BaseModel):
     )
     samples_per_style: StrictPositiveInt = 1
     system_prompt: str | None = None
+    budget_usd: float | None = Field(
+        None, gt=0, strict=True, allow_inf_nan=False,
+        description="Most this stage may spend on teacher calls in this run dir, in USD, counting every call "
+        "stored by earlier runs (priced with `prices`, which must list generate.teacher.model). Generate stops "
+        "before a call could pass it (each call is reserved at its max_tokens cost before it is sent) and "
+        "exits non-zero; what was answered stays stored, and a rerun with a larger budget asks only the rest.",
+    )
 
     @field_validator("styles")
     @classmethod

@@ -28,6 +28,14 @@ program path without a code block, drops it before the judge. Each path's
 filtered.jsonl, the verdict counts per task x style to the report's
 `execution`, and the outcome `execution_failed` to the counts. Results are
 kept in `D/executions.sqlite`, so a re-run executes only new programs.
+
+Cost: `--dry-run` prints the judge calls a run would issue (those stored
+excluded; program paths counted as if their programs pass) with their tokens
+and cost, and writes nothing. `filter.budget_usd` caps the `llm` judge's
+spending as `generate.budget_usd` caps the teacher's: when it stops, the paths
+not judged are written as not kept and the stage raises `BudgetExhausted`.
+Each judged path's verdict records its judge call's key (`judge.key`), so the
+report can price the judge per task x style.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from qrdistill.errors import DataError, QRDistillError
+from qrdistill.errors import ConfigError, DataError, QRDistillError
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +181,7 @@ def read_paths(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
+def run(cfg: Any, run_dir: Path, limit: int | None = None, dry_run: bool = False) -> dict[str, Any]:
     from qrdistill.io import require_artifact
     from qrdistill.stages.generate import PATHS_FILE, run_dir_lock
 
@@ -182,8 +190,66 @@ def run(cfg: Any, run_dir: Path, limit: int | None = None) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     require_artifact(run_dir / PATHS_FILE, "generate")
+    if dry_run:
+        return _dry_run(cfg, run_dir, limit)
     with run_dir_lock(run_dir, "filter"):
         return _run(cfg, run_dir, limit)
+
+
+def _dry_run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
+    """The judge calls `_run` would issue and what they would cost, printed; nothing is called or written."""
+    from qrdistill import cost
+    from qrdistill.judges.base import Judge
+    from qrdistill.judges.llm import LLMJudge
+    from qrdistill.stages.generate import PATHS_FILE, STORE_FILE
+
+    rows = _limit_questions(read_paths(run_dir / PATHS_FILE), limit)
+    fc = cfg.filter
+    if not fc.enabled or fc.judge.kind != "llm":
+        why = "the filter is disabled" if not fc.enabled else f"the {fc.judge.kind} judge calls no model"
+        print(f"filter --dry-run: {why}: 0 calls would be issued, nothing to pay")
+        return {"stage": "filter", "calls": 0, "stored": 0, "input_tokens": 0, "output_tokens": 0,
+                "cost_usd": None, "rows": []}
+    # The paths the judge would see: a correct answer (step 1), and a program that may pass (step 1b).
+    candidates = [r for r in rows if r["correct"]]
+    note = None
+    if fc.execute_programs.enabled:
+        from qrdistill.sandbox import extract_code
+
+        candidates = [r for r in candidates if r["style"] != "program" or extract_code(r["response"]) is not None]
+        note = ("  note: program paths are counted as if their programs print the gold answer (a dry run "
+                "executes none); those that do not are never judged")
+    jc = fc.judge
+    missing = [f for f in ("{question}", "{path}") if jc.prompt is not None and f not in jc.prompt]
+    if missing:  # what LLMJudge refuses when built (the bare one below is not)
+        raise ConfigError(f"config field filter.judge.prompt: must contain {' and '.join(missing)}")
+    # Built bare so that a dry run needs no API key; request_for reads only the judge's config.
+    judge = LLMJudge.__new__(LLMJudge)
+    Judge.__init__(judge, jc, None)
+    judge.backend = cost.key_backend(jc.backend, "filter.judge.backend")
+    try:
+        calls = []
+        for r in candidates:
+            req = judge.request_for(r)
+            calls.append(cost.PlannedCall(judge.backend.key(req), r["task"], r["style"], req.messages,
+                                          int(req.params.get("max_tokens") or jc.backend.max_tokens)))
+    finally:
+        judge.backend.close()
+    store_path = run_dir / STORE_FILE
+    stored = cost.stored_ok_usage(store_path, (c.key for c in calls))
+    counter = cost.token_counter(jc.backend, "filter.judge.backend")
+    model = judge.backend.model
+    price = cost.price_of(cfg.prices, model)
+    est = cost.estimate(calls, stored, counter, price)
+    budget = None
+    if fc.budget_usd is not None and price is not None:
+        spent, _ = cost.stored_spend(store_path, "judge", cfg.prices)
+        budget = {"field": "filter.budget_usd", "budget_usd": fc.budget_usd, "spent_usd": spent}
+    est.update(stage="filter", backend=judge.backend.label, model=model, budget=budget)
+    print(cost.format_estimate("filter", f"judge {judge.backend.label}", model, est, price, budget))
+    if note:
+        print(note)
+    return est
 
 
 def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
@@ -216,6 +282,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
 
     fc = cfg.filter
     judge_calls: dict[str, int] = {}
+    gate = None
     execution: dict[str, Any] | None = None
     judge_kind = fc.judge.kind if fc.enabled else None
     if not fc.enabled:
@@ -239,9 +306,12 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
             for r in correct:
                 r["kept"] = True
         elif correct:
-            verdicts, judge_calls = _judge(cfg, run_dir / STORE_FILE, correct, tqdm)
-            for r, v in zip(correct, verdicts, strict=True):
+            verdicts, judge_calls, keys, gate = _judge(cfg, run_dir / STORE_FILE, correct, tqdm)
+            for r, v, key in zip(correct, verdicts, keys, strict=True):
                 r["judge"] = v.to_dict()
+                if key is not None:
+                    # Which judge call priced this path's verdict: the report's cost per task x style.
+                    r["judge"]["key"] = key
                 r["kept"] = bool(v.valid and v.parsed)
 
     n = atomic_write_jsonl(run_dir / FILTERED_FILE, rows)
@@ -257,6 +327,18 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     }
     if judge_calls.get("batches"):
         report["judge_calls"] = judge_calls
+    if gate is not None:
+        report["budget"] = gate.summary("filter.budget_usd")
+        # Calls the budget left unasked are not failures; the budget message below says what stopped.
+        judge_calls["not_issued"] = len(gate.not_issued)
+        judge_calls["unanswered"] -= len(gate.not_issued)
+    if judge_kind == "llm" and judge_calls.get("batches"):
+        from qrdistill import cost
+
+        price = cost.price_of(cfg.prices, fc.judge.backend.model)
+        if price is not None:
+            report["cost_usd"] = {"stored_total": round(cost.stored_spend(run_dir / STORE_FILE, "judge",
+                                                                          cfg.prices)[0], 6)}
     if execution is not None:
         report["execution"] = execution
     if any("planted" in r["meta"] for r in rows):
@@ -265,6 +347,14 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     write_run_meta(run_dir, "filter", cfg, {"summary": {"paths": n, "kept": report["overall"]["kept"]}})
     _print_summary(report)
     failed = judge_calls.get("failed", 0) + judge_calls.get("unanswered", 0)
+    if gate is not None and gate.stopped:
+        from qrdistill.cost import BudgetExhausted
+
+        also = f"; {failed} other judge calls failed and are retried then too" if failed else ""
+        raise BudgetExhausted(gate.message(
+            "filter", "filter.budget_usd",
+            f"Every verdict answered is stored; the {len(gate.not_issued)} paths not judged are marked not kept in "
+            f"{run_dir / FILTERED_FILE} for now") + also)
     if failed:
         # Same policy as generate: artifacts are written (those paths count as not kept for now),
         # and a non-zero exit stops `qrdistill run` from training on a pool judged only in part.
@@ -275,8 +365,11 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     return report
 
 
-def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) -> tuple[list[Any], dict[str, int]]:
-    """Verdicts for `rows`, and the totals of the judge calls made through the store during this run."""
+def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any
+           ) -> tuple[list[Any], dict[str, int], list[str | None], Any]:
+    """Verdicts for `rows`, the totals of the judge calls made through the store during this run, each
+    row's judge request key (None for a judge that calls no model) and the budget gate, if any."""
+    from qrdistill import cost
     from qrdistill.judges import get_judge
     from qrdistill.store import Store
 
@@ -288,9 +381,17 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
             bars.append(tqdm(total=len(rows), desc="judge", unit="path", dynamic_ncols=True))
         bars[0].update(n)
 
+    fc = cfg.filter
     with Store(store_path) as store:
         since = store.last_batch_id()
-        judge = get_judge(cfg.filter.judge, store)
+        judge = get_judge(fc.judge, store)
+        backend = getattr(judge, "backend", None)
+        gate = None
+        if fc.budget_usd is not None and backend is not None:
+            gate = cost.budget_gate(backend, fc.budget_usd, cfg.prices, store.path, "judge", fc.judge.backend,
+                                    "filter.budget_usd", "filter.judge.backend.model")
+            judge.backend = gate
+        keys = [backend.key(judge.request_for(r)) if backend is not None else None for r in rows]
         try:
             verdicts = list(judge.judge(rows, progress=progress))
         finally:
@@ -302,7 +403,7 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any) ->
         calls = store.batch_totals("judge", after=since)
     if len(verdicts) != len(rows):
         raise QRDistillError(f"judge {cfg.filter.judge.kind!r} returned {len(verdicts)} verdicts for {len(rows)} paths")
-    return verdicts, calls
+    return verdicts, calls, keys, gate
 
 
 def _mark_unverifiable(rows: list[dict[str, Any]]) -> None:
@@ -331,6 +432,8 @@ def _mark_unverifiable(rows: list[dict[str, Any]]) -> None:
 
 
 def _print_summary(report: dict[str, Any]) -> None:
+    from qrdistill.cost import usd
+
     print(f"filter: {report['mode']}")
     width = max([len(k) for t in (report["by_task"], report["by_style"]) for k in t] + [8])
 
@@ -347,8 +450,14 @@ def _print_summary(report: dict[str, Any]) -> None:
         print(f"  {report['overall'][UNVERIFIABLE]} answers the check could not decide ({UNVERIFIABLE}, not kept)")
     if "judge_calls" in report:
         c = report["judge_calls"]
+        unasked = f", {c['not_issued']} not issued (budget)" if c.get("not_issued") else ""
         print(f"  judge calls: {c['issued']} issued, {c['cached']} cached (already stored), "
-              f"{c['failed'] + c['unanswered']} failed")
+              f"{c['failed'] + c['unanswered']} failed{unasked}")
+    if "cost_usd" in report:
+        print(f"  judge cost: {usd(report['cost_usd']['stored_total'])} for every judge call stored")
+    if "budget" in report:
+        b = report["budget"]
+        print(f"  budget: {usd(b['spent_usd'])} spent of filter.budget_usd {usd(b['budget_usd'])}")
     if "execution" in report:
         e = report["execution"]
         verdicts: Counter = Counter()

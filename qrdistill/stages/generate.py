@@ -23,6 +23,17 @@ running on would ask the teacher for every path again (with a paid teacher,
 real money). That is refused; `--rebuild-store` (`rebuild_store=True`) is the
 explicit request to ask again, and keeps the old `paths.jsonl` beside the new
 one (`paths.before-rebuild-<time>.jsonl`).
+
+Cost (`qrdistill.cost`). `--dry-run` (`dry_run=True`) prints, per task x style,
+the calls a run would issue (keys already stored `ok` excluded), their
+estimated input and output tokens and, with a price for the teacher's model in
+`prices`, their cost; it issues no call, takes no lock and reads the store
+without writing, so the run dir is left as it was. `generate.budget_usd` caps
+what every stored teacher call of this run dir has cost: each call is reserved
+at its worst case before it is sent, and when the next one no longer fits the
+stage writes what was answered, as after failed calls, and raises
+`BudgetExhausted` (non-zero exit, so `qrdistill run` does not train on a
+partial pool); a rerun with a larger budget asks only the rest.
 """
 
 from __future__ import annotations
@@ -94,8 +105,12 @@ def path_meta(record: Any, completion: Any) -> dict[str, Any]:
     return meta
 
 
-def run(cfg: Any, run_dir: Path, limit: int | None = None, rebuild_store: bool = False) -> dict[str, Any]:
+def run(cfg: Any, run_dir: Path, limit: int | None = None, rebuild_store: bool = False,
+        dry_run: bool = False) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    if dry_run:
+        # Reads only: no lock (it would create the run dir and its lock file), no store opened for writing.
+        return _dry_run(cfg, run_dir, limit)
     with run_dir_lock(run_dir, "generate"):
         return _run(cfg, run_dir, limit, rebuild_store)
 
@@ -125,16 +140,14 @@ def _check_store_not_lost(store: Any, run_dir: Path, rebuild_store: bool) -> Non
                 "(the previous %d paths are kept in %s)", existing, backup)
 
 
-def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False) -> dict[str, Any]:
-    from qrdistill.backends import Request, get_backend
-    from qrdistill.io import atomic_write_jsonl, count_nonblank_lines, not_utf8_error, write_run_meta
-    from qrdistill.store import Store, run_cached
-    from qrdistill.styles import render, resolve_styles
+def _load(cfg: Any, limit: int | None) -> tuple[dict[str, str], list[tuple[Any, list[Any]]]]:
+    """The styles and each task's records, everything the user wrote validated before anyone is asked."""
+    from qrdistill.io import not_utf8_error
+    from qrdistill.styles import resolve_styles
     from qrdistill.tasks import get_task
-    from qrdistill.tasks.base import Verdict, load_records
+    from qrdistill.tasks.base import load_records
 
     gen = cfg.generate
-    # Validate everything the user wrote before loading data or asking anyone.
     styles = resolve_styles(gen.styles, gen.custom_styles)
     tasks = [get_task(spec.name, f"tasks.{i}.name") for i, spec in enumerate(cfg.tasks)]
 
@@ -154,12 +167,15 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
             dup = next(x for x in ids if ids.count(x) > 1)
             raise DataError(f"{spec.path or spec.name}: question id {dup!r} appears twice")
         loaded.append((task, records))
-    backend = get_backend(gen.teacher, "generate.teacher")
-    if gen.samples_per_style > 1 and gen.teacher.temperature == 0:
-        log.warning("generate.samples_per_style is %d but generate.teacher.temperature is 0: a deterministic "
-                    "teacher writes the same path for every sample", gen.samples_per_style)
+    return styles, loaded
 
-    # (task, record, style, sample, user message, request) in output order.
+
+def _plan(cfg: Any, styles: dict[str, str], loaded: list[tuple[Any, list[Any]]]) -> list[tuple[Any, ...]]:
+    """(task, record, style, sample, question, user message, request) for every path, in output order."""
+    from qrdistill.backends import Request
+    from qrdistill.styles import render
+
+    gen = cfg.generate
     plan = []
     for task, records in loaded:
         for record in records:
@@ -173,6 +189,58 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
                         context={"record": record, "style": style, "task": task.name},
                     )
                     plan.append((task, record, style, k, question, user, req))
+    return plan
+
+
+def _dry_run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
+    """What `_run` would ask and what it would cost, printed; no call is issued and nothing is written."""
+    from qrdistill import cost
+    from qrdistill.io import count_nonblank_lines
+
+    gen = cfg.generate
+    styles, loaded = _load(cfg, limit)
+    backend = cost.key_backend(gen.teacher, "generate.teacher")
+    try:
+        plan = _plan(cfg, styles, loaded)
+        calls = [cost.PlannedCall(backend.key(req), task.name, style, req.messages,
+                                  int(req.params.get("max_tokens") or gen.teacher.max_tokens))
+                 for task, _, style, _, _, _, req in plan]
+    finally:
+        backend.close()
+    store_path = run_dir / STORE_FILE
+    stored = cost.stored_ok_usage(store_path, (c.key for c in calls))
+    counter = cost.token_counter(gen.teacher, "generate.teacher")
+    price = cost.price_of(cfg.prices, backend.model)
+    est = cost.estimate(calls, stored, counter, price)
+    budget = None
+    if gen.budget_usd is not None and price is not None:
+        spent, _ = cost.stored_spend(store_path, "teacher", cfg.prices)
+        budget = {"field": "generate.budget_usd", "budget_usd": gen.budget_usd, "spent_usd": spent}
+    est.update(stage="generate", backend=backend.label, model=backend.model, budget=budget)
+    print(cost.format_estimate("generate", backend.label, backend.model, est, price, budget))
+    existing = count_nonblank_lines(run_dir / PATHS_FILE)
+    if existing and not cost.stored_calls(store_path, "teacher"):
+        print(f"  note: {run_dir / PATHS_FILE} has {existing} paths but the store holds no teacher call: a real "
+              f"run refuses to ask them all again without --rebuild-store")
+    return est
+
+
+def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False) -> dict[str, Any]:
+    from qrdistill import cost
+    from qrdistill.backends import get_backend
+    from qrdistill.io import atomic_write_jsonl, count_nonblank_lines, write_run_meta
+    from qrdistill.store import Store, run_cached
+    from qrdistill.tasks.base import Verdict
+
+    gen = cfg.generate
+    styles, loaded = _load(cfg, limit)
+    backend = get_backend(gen.teacher, "generate.teacher")
+    if gen.budget_usd is not None:
+        cost.require_price(cfg.prices, backend.model, "generate.budget_usd", "generate.teacher.model")
+    if gen.samples_per_style > 1 and gen.teacher.temperature == 0:
+        log.warning("generate.samples_per_style is %d but generate.teacher.temperature is 0: a deterministic "
+                    "teacher writes the same path for every sample", gen.samples_per_style)
+    plan = _plan(cfg, styles, loaded)
 
     n_questions = sum(len(r) for _, r in loaded)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,11 +249,19 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
             _check_store_not_lost(store, run_dir, rebuild_store)
             log.info("generate: %d questions × %d styles × %d samples = %d paths from %s",
                      n_questions, len(styles), gen.samples_per_style, len(plan), backend.label)
-            got = run_cached(backend, store, [p[-1] for p in plan], "teacher", "generate")
+            price = cost.price_of(cfg.prices, backend.model)
+            spent_before = cost.stored_spend(store.path, "teacher", cfg.prices)[0] if price else None
+            gate = None
+            if gen.budget_usd is not None:
+                gate = cost.budget_gate(backend, gen.budget_usd, cfg.prices, store.path, "teacher", gen.teacher,
+                                        "generate.budget_usd", "generate.teacher.model")
+            got = run_cached(gate or backend, store, [p[-1] for p in plan], "teacher", "generate")
             usage = store.usage("teacher")
+            spent_after = cost.stored_spend(store.path, "teacher", cfg.prices)[0] if price else None
     finally:
         backend.close()
 
+    unasked = {backend.key(r) for r in gate.not_issued} if gate is not None else set()
     rows = []
     per_style: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     failed = 0
@@ -193,7 +269,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
         key = backend.key(req)
         comp = got.get(key)
         if comp is None:
-            failed += 1
+            failed += key not in unasked
             continue
         text = comp.text or ""
         # Stored with the row, so filter need not run an undecided check (5 s each) again.
@@ -242,8 +318,19 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
         "accuracy_by_style": {s: round(c / n, 4) if n else None for s, (n, c) in per_style.items()},
         "paths_file": str(run_dir / PATHS_FILE),
     }
+    if price is not None:
+        summary["cost_usd"] = {"this_run": round(spent_after - spent_before, 6), "stored_total": round(spent_after, 6)}
+    if gate is not None:
+        summary["budget"] = gate.summary("generate.budget_usd")
+        # Paths not asked for want of budget are not failures: the message below says what stopped.
+        summary["unasked_calls"] = sum(1 for p in plan if backend.key(p[-1]) in unasked)
     write_run_meta(run_dir, "generate", cfg, {"summary": summary})
     _print_summary(summary)
+    if gate is not None and gate.stopped:
+        where = (f"The {len(rows)} paths answered so far are stored and written to {run_dir / PATHS_FILE}"
+                 if written else f"None was answered, so {run_dir / PATHS_FILE} was left as it was")
+        also = f"; {failed} other calls failed and are retried then too" if failed else ""
+        raise cost.BudgetExhausted(gate.message("generate", "generate.budget_usd", where) + also)
     if failed:
         err = f" (first error: {stats['first_error']})" if stats.get("first_error") else ""
         where = (f"the {len(rows)} paths that succeeded are stored and written to {run_dir / PATHS_FILE}"
@@ -256,10 +343,19 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
 
 
 def _print_summary(s: dict[str, Any]) -> None:
+    from qrdistill.cost import usd
+
     print(f"generate: {s['questions']} questions, {s['paths']}/{s['expected_paths']} paths from {s['teacher']}")
     print(f"  calls: {s['calls_issued']} issued, {s['calls_cached']} cached (already stored), "
           f"{s['failed_calls']} failed; tokens this run: {s['tokens_this_run']['prompt']} prompt + "
           f"{s['tokens_this_run']['completion']} completion")
+    if "cost_usd" in s:
+        print(f"  cost: {usd(s['cost_usd']['this_run'])} this run, {usd(s['cost_usd']['stored_total'])} for every "
+              f"teacher call stored")
+    if "budget" in s:
+        b = s["budget"]
+        print(f"  budget: {usd(b['spent_usd'])} spent of generate.budget_usd {usd(b['budget_usd'])}"
+              + (f"; stopped with {s['unasked_calls']} paths not asked" if b["stopped"] else ""))
     if s["accuracy_by_style"]:
         width = max(len(k) for k in s["accuracy_by_style"])
         print("  teacher answer accuracy by style:")
