@@ -28,6 +28,12 @@ once. The wait before retry *n* (1-based) is the server's ``Retry-After`` (or
 exponential backoff ``backoff_base * 2**(n-1)`` with equal jitter (between half
 and all of it); both are capped at ``backoff_max``.
 
+At most ``max_concurrency`` requests are in flight, spread over HTTP clients of
+``REQUESTS_PER_CLIENT`` each (a client's connection pool costs CPU per request
+that grows with the square of its size; see ``REQUESTS_PER_CLIENT``). Each
+completion is handed to ``on_result`` in the caller's thread as it arrives,
+one at a time, so the store commits it before the next is looked at.
+
 The API key is read from the environment variable named by ``api_key_env`` and
 kept only in the client; it is scrubbed from every error message this module
 produces and is never part of a request key or a stored request.
@@ -57,6 +63,13 @@ _RETRY_STATUS = {408, 409, 429}
 _STANDARD_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
 
 OnResult = Callable[[Request, Completion], None]
+
+#: Requests in flight per HTTP client; `max_concurrency` is spread over as many clients as that takes.
+#: httpcore's connection pool rescans all its connections for every request it adds or releases (and,
+#: for each idle one, all of them again), so the cost per request grows with the square of the pool:
+#: with one client at 64 in flight that scan took most of the client's CPU against a fast server,
+#: and 8 pools of 8 cut generate's client CPU per request by a third (benchmarks/bench_generate_scale.py).
+REQUESTS_PER_CLIENT = 8
 
 
 def render_plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
@@ -136,8 +149,11 @@ class ResponseTooLarge(Exception):
     """A response body over `max_response_bytes` (as sent, or once decompressed)."""
 
 
-def capped_http_client(limit: int) -> Any:
+def capped_http_client(limit: int, verify: Any = True) -> Any:
     """openai's default async httpx client, reading at most `limit` bytes of any response body.
+
+    `verify` is httpx's: True builds the default TLS context, an `ssl.SSLContext` is used as given
+    (the clients of one `generate` call share one: each build reads the CA bundle, ~10 ms).
 
     A response hook runs after the headers and before the body is read (for a direct connection
     and a proxy alike): it refuses a declared length over the limit and wraps the body in a
@@ -225,7 +241,16 @@ def capped_http_client(limit: int) -> Any:
         if "content-length" in response.headers:
             del response.headers["content-length"]
 
-    return DefaultAsyncHttpxClient(event_hooks={"response": [cap]}, headers={"Accept-Encoding": "identity"})
+    return DefaultAsyncHttpxClient(event_hooks={"response": [cap]}, headers={"Accept-Encoding": "identity"},
+                                   verify=verify)
+
+
+def shared_tls_context() -> Any:
+    """httpx's default TLS context, built once for several clients (True, i.e. one each, before httpx 0.28)."""
+    import httpx
+
+    make = getattr(httpx, "create_ssl_context", None)  # public API from httpx 0.28
+    return make() if make is not None else True
 
 
 def drive_async(
@@ -364,22 +389,36 @@ class OpenAIBackend(Backend):
         from openai import AsyncOpenAI
 
         c = self.config
-        # The client lives inside this loop (its connection pool is bound to it); retries are ours.
-        client = AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=c.base_url,
-            timeout=c.timeout,
-            max_retries=0,
-            http_client=capped_http_client(c.max_response_bytes),
-        )
-        # The resource is imported on first access; done here, that is not charged to any attempt's deadline.
-        _ = client.chat.completions if c.mode == "chat" else client.completions
-        sem = asyncio.Semaphore(c.max_concurrency)
+        # The clients live inside this loop (their connection pools are bound to it); retries are ours.
+        # Several clients, not one: see REQUESTS_PER_CLIENT.
+        n_clients = -(-c.max_concurrency // REQUESTS_PER_CLIENT)
+        verify = shared_tls_context() if n_clients > 1 else True
+        clients = [
+            AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=c.base_url,
+                timeout=c.timeout,
+                max_retries=0,
+                http_client=capped_http_client(c.max_response_bytes, verify),
+            )
+            for _ in range(n_clients)
+        ]
+        for client in clients:
+            # The resource is imported on first access; done here, that is not charged to any attempt's deadline.
+            _ = client.chat.completions if c.mode == "chat" else client.completions
+        # One slot per request allowed in flight, each bound to a client: at most max_concurrency in
+        # flight in all and REQUESTS_PER_CLIENT per client. A request holds its slot through its retries.
+        slots: asyncio.Queue[Any] = asyncio.Queue()
+        for i in range(c.max_concurrency):
+            slots.put_nowait(clients[i % n_clients])
         limiter = TokenBucket(c.requests_per_minute) if c.requests_per_minute else None
 
         async def one(req: Request) -> tuple[Request, Completion]:
-            async with sem:
+            client = await slots.get()
+            try:
                 return req, await self._call_with_retries(client, req, limiter)
+            finally:
+                slots.put_nowait(client)
 
         tasks = [asyncio.ensure_future(one(r)) for r in requests]
         try:
@@ -392,7 +431,7 @@ class OpenAIBackend(Backend):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
+            await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
 
     async def _call_with_retries(self, client: Any, req: Request, limiter: TokenBucket | None) -> Completion:
         import openai
@@ -481,6 +520,10 @@ class OpenAIBackend(Backend):
         meta: dict[str, Any] = {}
         if refusal:
             meta["refusal"] = refusal
+        # Providers bill prompt-cache hits at a lower price (`prices.<model>.cached_input`).
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        if isinstance(cached, int) and cached > 0:
+            meta["cached_tokens"] = cached
         return Completion(
             # A chat reply may carry no content (a refusal, or a base model that stops at once):
             # that is an answer, stored as the empty text, not a transport failure to retry.
@@ -506,4 +549,5 @@ __all__ = [
     "is_local_url",
     "parse_retry_after",
     "render_plain_prompt",
+    "shared_tls_context",
 ]
