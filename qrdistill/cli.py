@@ -99,6 +99,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", "-c", help="YAML run config (its run_dir is analyzed)")
     sp.add_argument("--out", "-o", help="Report directory (default: <first run dir>/report)")
     sp.add_argument("--verbose", "-v", action="store_true")
+    sp = sub.add_parser(
+        "lm-eval",
+        help="Score an exported student with lm-evaluation-harness on the local BBH Date / GSM8K files "
+             "(needs the lmeval extra)",
+        description="lm_eval's own BBH date_understanding and GSM8K tasks, reading local files: the questions "
+                    "`qrdistill evaluate` scores, in its order (the same --limit gives the same questions)",
+    )
+    sp.add_argument("--model", "-m",
+                    help="HF model directory (`qrdistill export --what model` output) or a model name qrdistill "
+                         "resolves offline (gemma3-270m, smollm2-135m)")
+    sp.add_argument("--data-dir", required=True,
+                    help="Folder holding bigbench_date/task.json and gsm8k/{train,test}.jsonl (e.g. ../shared/data)")
+    sp.add_argument("--tasks", default="bbh_date,gsm8k",
+                    help="Comma-separated: bbh_date, bbh_date_zeroshot, bbh_date_student, gsm8k, "
+                         "gsm8k_cot_zeroshot, gsm8k_student (default: bbh_date,gsm8k)")
+    sp.add_argument("--limit", type=_positive_int, help="Score the first N questions of each task")
+    sp.add_argument("--out", "-o", help="Results directory (results.json, samples_<task>.jsonl, tasks/)")
+    sp.add_argument("--batch-size", type=_positive_int, default=8, help="lm_eval batch size (default 8)")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="auto = float32 on CPU, bfloat16 on CUDA")
+    sp.add_argument("--max-gen-toks", type=_positive_int,
+                    help="Generation limit per answer (default: lm_eval's, 256)")
+    sp.add_argument("--apply-chat-template", action="store_true", help="Wrap prompts in the model's chat template")
+    sp.add_argument("--write-tasks", metavar="DIR",
+                    help="Only write the task YAMLs to DIR and print the `lm_eval` command that runs them")
+    sp.add_argument("--verbose", "-v", action="store_true")
     return p
 
 
@@ -114,6 +141,13 @@ def dispatch(args: argparse.Namespace) -> Any:
         return _stage("export").run(
             Path(args.run_dir), what=args.what, out=Path(args.out) if args.out else None,
             all_paths=args.all_paths, push_to_hub=args.push_to_hub, students=args.students, quant=args.quant,
+        )
+    if args.command == "lm-eval":
+        return _stage("lmeval").run(
+            Path(args.data_dir), model=args.model, out=Path(args.out) if args.out else None, tasks=args.tasks,
+            limit=args.limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+            max_gen_toks=args.max_gen_toks, apply_chat_template=args.apply_chat_template,
+            write_tasks_to=Path(args.write_tasks) if args.write_tasks else None,
         )
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
@@ -169,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     # Third-party chatter (HTTP request lines, HF warnings) is noise at INFO.
-    for noisy in ("httpx", "openai", "urllib3", "filelock", "transformers", "datasets"):
+    for noisy in ("httpx", "openai", "urllib3", "filelock", "transformers", "datasets", "lm_eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         dispatch(args)

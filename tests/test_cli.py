@@ -23,7 +23,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_top_level_help_lists_every_command(tmp_path):
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for command in ("generate", "filter", "train", "evaluate", "run", "analyze"):
+    for command in ("generate", "filter", "train", "evaluate", "run", "analyze", "export", "lm-eval"):
         assert command in proc.stdout
 
 
