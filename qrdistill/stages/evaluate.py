@@ -26,6 +26,13 @@ Adapters on the same base share one loaded model. Trained adapters are
 evaluated only when they are what the finished training recorded:
 D/train/summary.json holds the sha256 of each adapter, and adapters that do
 not match it, or whose training has not finished, are refused.
+
+With `evaluate.backend: openai` the models are not loaded here: an
+OpenAI-compatible server answers the same prompts with the same budgets
+and answer stops (`qrdistill.evaluation.server`), under the names
+`evaluate.server.models` gives each student (a zero-shot base model only when
+it names one), into the same artifacts. A row's key then also holds the
+served name, so switching backends answers the questions again.
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ class EvalTarget:
     budget: int | None = None
     #: the trained student's name (targets of one student share it)
     student: str | None = None
+    #: backend openai: the name the server serves this model under
+    served: str | None = None
 
     @property
     def kind(self) -> str:
@@ -105,11 +114,41 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     targets, note = select_targets(cfg, run_dir, method)
     check_trained(cfg, run_dir, targets)
     _resolve_budgets(cfg, run_dir, targets)
+    if ecfg.backend == "openai":
+        targets, skipped = served_targets(cfg, targets)
+        if not ecfg.server.logprobs and len(targets) > 1:
+            skipped = "; ".join(x for x in (skipped, "no ensemble pick: it ranks answers by their log-probability, "
+                                            "and evaluate.server.logprobs is off") if x)
+        note = "; ".join(x for x in (note, skipped) if x) or None
     if note:
         log.info(note)
     write_run_meta(run_dir, "evaluate", cfg, {"students": [t.key for t in targets], "method": method})
+    if ecfg.backend == "openai":
+        predictions, checks = _predict_on_server(run_dir, tasks, targets, ecfg)
+    else:
+        predictions, checks = _predict_in_process(run_dir, tasks, targets, ecfg), None
 
-    from qrdistill.evaluation.generation import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+    summary = summarize(cfg, run_dir, tasks, targets, predictions, method, note)
+    if checks:
+        summary["settings"]["prompt_tokens"] = checks
+    atomic_write_json(run_dir / "eval" / "summary.json", summary)
+    atomic_write_text(run_dir / "eval" / "summary.md", summary_markdown(summary))
+    for key, st in list(summary["students"].items()) + list(summary["ensembles"].items()):
+        log.info("%s: %s", key, ", ".join(
+            f"{t} {_pct(a['accuracy'])}% [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]" for t, a in st["tasks"].items()))
+    log.info("evaluation summary: %s", run_dir / "eval" / "summary.md")
+    return summary
+
+
+def _predict_in_process(run_dir: Path, tasks: list[EvalTask], targets: list[EvalTarget], ecfg: Any):
+    """backend hf: each base model loaded once, its adapters activated in turn."""
+    from qrdistill.evaluation.generation import (
+        generate_greedy,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
     from qrdistill.models import resolve_model
 
     device = resolve_device(ecfg.device)
@@ -138,17 +177,57 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
             if t.adapter is not None:
                 peft_model = _activate_adapter(model, peft_model, t)
             active = peft_model if t.adapter is not None else model
-            predictions[t.key] = {et.label: _evaluate(run_dir, t, et, ecfg, active, tokenizer) for et in tasks}
-        del model, peft_model
 
-    summary = summarize(cfg, run_dir, tasks, targets, predictions, method, note)
-    atomic_write_json(run_dir / "eval" / "summary.json", summary)
-    atomic_write_text(run_dir / "eval" / "summary.md", summary_markdown(summary))
-    for key, st in list(summary["students"].items()) + list(summary["ensembles"].items()):
-        log.info("%s: %s", key, ", ".join(
-            f"{t} {_pct(a['accuracy'])}% [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]" for t, a in st["tasks"].items()))
-    log.info("evaluation summary: %s", run_dir / "eval" / "summary.md")
-    return summary
+            def generate(prompts, budget, save, desc, active=active, tokenizer=tokenizer):
+                generate_greedy(active, tokenizer, prompts, ecfg.batch_size, budget, ecfg.stop_at_answer,
+                                on_batch=save, desc=desc)
+
+            predictions[t.key] = {et.label: _evaluate(run_dir, t, et, ecfg, generate) for et in tasks}
+        del model, peft_model
+    return predictions
+
+
+def _predict_on_server(run_dir: Path, tasks: list[EvalTask], targets: list[EvalTarget], ecfg: Any):
+    """backend openai: every target from the server, under its served name -> (predictions, prompt checks)."""
+    from qrdistill.evaluation.server import check_prompt_tokens, generate_remote, make_backend
+
+    predictions: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    checks: dict[str, Any] = {}
+    for t in targets:
+        pending = [et for et in tasks if _missing(run_dir, t, et, ecfg)]
+        predictions[t.key] = {et.label: _load_predictions(run_dir, t, et, ecfg) for et in tasks if et not in pending}
+        if not pending:
+            continue
+        backend = make_backend(ecfg.server, t.served, ecfg.stop_at_answer)
+        saved = _valid_saved(run_dir, t, pending[0], ecfg)
+        first = next(r for r in pending[0].records if r.id not in saved)
+        prompt = _prompt(pending[0], first, t)
+        checks[t.key] = check_prompt_tokens(backend, prompt, _local_prompt_tokens(t.model, prompt))
+
+        def generate(prompts, budget, save, desc, backend=backend):
+            generate_remote(backend, prompts, budget, on_batch=save, desc=desc)
+
+        for et in pending:
+            predictions[t.key][et.label] = _evaluate(run_dir, t, et, ecfg, generate)
+        # The summary lists tasks in config order.
+        predictions[t.key] = {et.label: predictions[t.key][et.label] for et in tasks}
+    return predictions, checks
+
+
+def _local_prompt_tokens(model: str, prompt: str) -> int | None:
+    """The hf path's prompt length in tokens (BOS included when its tokenizer adds one); None if the
+    tokenizer is not available here (a hub model evaluated on a remote vLLM)."""
+    from qrdistill.errors import QRDistillError
+    from qrdistill.evaluation.generation import load_tokenizer
+    from qrdistill.models import resolve_model
+
+    try:
+        tokenizer = load_tokenizer(resolve_model(model))
+    except (OSError, ValueError, QRDistillError) as e:
+        log.info("%s: no local tokenizer (%s); the server's prompt token count is not checked", model,
+                 str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        return None
+    return len(tokenizer(prompt)["input_ids"])
 
 
 # ---------------------------------------------------------------- what to evaluate
@@ -224,6 +303,48 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
                 base.append(EvalTarget(key, s.model))
             next(b for b in base if b.key == key).members.append(s.name)
     return base + trained, note
+
+
+def served_targets(cfg: Any, targets: list[EvalTarget]) -> tuple[list[EvalTarget], str | None]:
+    """backend openai: each target's served name from evaluate.server.models -> (targets kept, note).
+
+    A trained student without a name is a ConfigError; a zero-shot base without one is left out
+    (with a note), unless evaluate.students asks for the base models by name (base, all)."""
+    models = cfg.evaluate.server.models
+    which = cfg.evaluate.students
+    known = [s.name for s in cfg.train.students] + [BASE_PREFIX + s.model for s in cfg.train.students]
+    for name in models:
+        if name not in known:
+            raise ConfigError(f"evaluate.server.models: {name!r} is not a student of train.students nor the base "
+                              f"of one (expected one of: {', '.join(dict.fromkeys(known))})")
+    kept, skipped = [], []
+    for t in targets:
+        name = models.get(t.student if t.adapter is not None else t.key)
+        if name is None and t.adapter is not None:
+            raise ConfigError(
+                f"evaluate.server.models: no served model name for student {t.student!r}: add "
+                f"`{t.student}: <name>`, the name the server serves its adapter under (the vLLM --lora-modules "
+                "name, or the llama.cpp alias of its exported GGUF)")
+        if name is None and which in ("base", "all"):
+            raise ConfigError(
+                f"evaluate.server.models: no served model name for the zero-shot base {t.key!r}, which "
+                f"evaluate.students: {which} asks for: add `{t.key}: <name>` (the base model's name on the "
+                "server), or set evaluate.students: trained")
+        if name is None:
+            skipped.append(t.key)
+            continue
+        t.served = name
+        kept.append(t)
+    if not kept:
+        raise ConfigError(
+            "evaluate.server.models: nothing to evaluate: the train stage has not run and no zero-shot base has "
+            f"a served name (add `{targets[0].key}: <name>`)" if targets else
+            "evaluate.server.models: nothing to evaluate")
+    note = None
+    if skipped:
+        note = (f"zero-shot base model(s) {', '.join(skipped)} not evaluated: evaluate.server.models gives no "
+                "served name for them (backend openai evaluates only what the server serves)")
+    return kept, note
 
 
 def check_trained(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None:
@@ -354,7 +475,11 @@ def _row_key(target: EvalTarget, prompt: str, budget: int, ecfg: Any) -> str:
     if target.adapter is not None:
         weights = sorted(target.adapter.glob("adapter_model.*"))
         adapter = ";".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
-    blob = json.dumps([target.model, adapter, prompt, budget, ecfg.stop_at_answer])
+    parts: list[Any] = [target.model, adapter, prompt, budget, ecfg.stop_at_answer]
+    if target.served is not None:
+        # Not the base_url: the same served model on another port gives the same answers.
+        parts += ["openai", target.served, ecfg.server.logprobs, ecfg.server.extra_params]
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -399,9 +524,9 @@ def _load_predictions(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any) -> 
     return [saved[r.id] for r in et.records]
 
 
-def _evaluate(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any, model: Any, tokenizer: Any):
-    from qrdistill.evaluation.generation import generate_greedy
-
+def _evaluate(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any, generate: Any):
+    """Answer `et`'s questions `t` has no current row for; `generate(prompts, budget, save, desc)` calls
+    `save(indices, generations)` as answers come, and each is appended to the file at once."""
     path = predictions_path(run_dir, t.key, et.label)
     saved = _valid_saved(run_dir, t, et, ecfg)
     # Rewrite without stale rows so the file holds exactly one current row per question.
@@ -421,10 +546,7 @@ def _evaluate(run_dir: Path, t: EvalTarget, et: EvalTask, ecfg: Any, model: Any,
                     saved[row["qid"]] = row
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-        generate_greedy(
-            model, tokenizer, prompts, ecfg.batch_size, budget, ecfg.stop_at_answer,
-            on_batch=save, desc=f"{t.key} {et.label}",
-        )
+        generate(prompts, budget, save, f"{t.key} {et.label}")
     return [saved[r.id] for r in et.records]
 
 
@@ -482,6 +604,7 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
         per_task = {et.label: task_cell(predictions[t.key][et.label]) for et in tasks}
         students[t.key] = {
             "kind": t.kind,
+            **({"served_model": t.served} if t.served is not None else {}),
             "model": t.model,
             "adapter": str(t.adapter) if t.adapter else None,
             "members": t.members or None,
@@ -494,7 +617,7 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
     ensembles = {}
     for label, group in (("ensemble", [t for t in targets if t.adapter is not None and t.prefix != "label"]),
                          ("ensemble:base", [t for t in targets if t.adapter is None])):
-        if len(group) < 2:
+        if len(group) < 2 or (ecfg.backend == "openai" and not ecfg.server.logprobs):
             continue
         per_task, chosen = {}, {}
         for et in tasks:
@@ -524,8 +647,17 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
             "batch_size": ecfg.batch_size,
             "stop_at_answer": ecfg.stop_at_answer, "bootstrap_resamples": ecfg.bootstrap_resamples,
             "confidence": ecfg.confidence, "seed": cfg.seed,
+            "backend": ecfg.backend,
+            **({"server": _server_settings(ecfg)} if ecfg.backend == "openai" else {}),
         },
     }
+
+
+def _server_settings(ecfg: Any) -> dict[str, Any]:
+    from qrdistill.io import redact_credentials
+
+    s = ecfg.server
+    return {"base_url": redact_credentials(s.base_url), "logprobs": s.logprobs, "extra_params": s.extra_params}
 
 
 def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict[str, Any]]:
@@ -594,13 +726,19 @@ def _p(x: float | None) -> str:
     return f"{x:.2g}" if x >= 1e-4 else "<1e-4"
 
 
+def _served_by(summary: dict[str, Any]) -> str:
+    server = summary["settings"].get("server")
+    return f" by the OpenAI-compatible server at {server['base_url']}" if server else ""
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     tasks = list(summary["tasks"])
     conf = int(round(100 * summary["settings"]["confidence"]))
     lines = [
         f"# Evaluation: {summary['run_dir']} (method: {summary['method']})",
         "",
-        f"Zero-shot chain-of-thought, greedy decoding; accuracy % with a {conf}% bootstrap interval "
+        f"Zero-shot chain-of-thought, greedy decoding{_served_by(summary)}; accuracy % with a {conf}% bootstrap "
+        "interval "
         f"({summary['settings']['bootstrap_resamples']} resamples).",
         "",
     ]
