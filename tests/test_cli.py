@@ -73,3 +73,16 @@ def test_set_requires_key_value(tmp_path):
 def test_unknown_command(tmp_path):
     proc = cli("distil", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--what", "dataset", "--quant", "q4_k_m"],
+    ["--what", "model", "--push-to-hub", "me/x"],
+    ["--what", "gguf", "--all-paths"],
+    ["--what", "dataset", "--students", "gemma"],
+])
+def test_export_refuses_a_flag_of_another_kind_of_export(tmp_path, args):
+    proc = cli("export", "--run-dir", str(tmp_path), *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("qrdistill: error: ") and "not an option of --what" in proc.stderr
+    assert "Traceback" not in proc.stderr

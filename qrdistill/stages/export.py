@@ -32,6 +32,15 @@ def run(
     students: list[str] | None = None,
     quant: str = "f16",
 ) -> dict[str, Any]:
+    # A flag for another kind of export would be silently ignored: refuse it instead.
+    misplaced = [flag for flag, given, kinds in [
+        ("--all-paths", all_paths, ("dataset",)),
+        ("--push-to-hub", push_to_hub is not None, ("dataset",)),
+        ("--students", students is not None, ("model", "gguf")),
+        ("--quant", quant != "f16", ("gguf",)),
+    ] if given and what not in kinds]
+    if misplaced:
+        raise QRDistillError(f"{', '.join(misplaced)}: not an option of --what {what}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise QRDistillError(f"--run-dir {run_dir}: no such run directory")
