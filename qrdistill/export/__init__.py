@@ -1,1 +1,47 @@
 """Exports of a finished run for other tools: the reasoning data as a dataset, merged students, GGUF files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from qrdistill.errors import QRDistillError
+
+
+@contextlib.contextmanager
+def staged_dir(dest: Path, name: str, what: str) -> Iterator[Path]:
+    """Yield a temporary sibling folder of `dest` to fill; on success it replaces `dest` by rename.
+
+    A failure (or a kill) while filling it leaves a previous `dest` whole. `name` is how errors name
+    the destination (`--out X` or the path), `what` what is being written.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Not mkdtemp: its 0700 would become the export's mode; mkdir honours the umask like any other output.
+        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+    except OSError as e:
+        raise QRDistillError(f"{name}: cannot write ({e.strerror or e})") from None
+    old: Path | None = None
+    try:
+        yield tmp
+        if dest.exists():
+            old = Path(f"{tmp}.old")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        if old is not None and old.exists() and not dest.exists():
+            os.replace(old, dest)  # the previous export comes back whole
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise QRDistillError(f"{name}: cannot write {what} ({e.strerror or e}); "
+                                 f"{'the previous export is unchanged' if dest.exists() else 'nothing was written'}"
+                                 ) from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

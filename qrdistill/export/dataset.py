@@ -38,15 +38,14 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import sqlite3
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from qrdistill.errors import DataError, QRDistillError
+from qrdistill.export import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -539,17 +538,8 @@ def write_export(out: Path, records: list[dict[str, Any]], card: str, info: dict
     """Write the export into a temporary sibling of `out`, then swap it in by rename."""
     import datasets
 
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        # Not mkdtemp: its 0700 would become the export's mode; mkdir honours the umask like any other output.
-        tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-    except OSError as e:
-        raise QRDistillError(f"--out {out}: cannot write ({e.strerror or e})") from None
-    old: Path | None = None
     bars_were_on = not datasets.are_progress_bars_disabled()
-    try:
+    with staged_dir(out, f"--out {out}", "the export") as tmp:
         ds = datasets.Dataset.from_list(records, features=features())
         datasets.disable_progress_bars()
         try:
@@ -562,22 +552,6 @@ def write_export(out: Path, records: list[dict[str, Any]], card: str, info: dict
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
         (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            old = Path(f"{tmp}.old")
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException as e:
-        if old is not None and old.exists() and not out.exists():
-            os.replace(old, out)  # the previous export comes back whole
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise QRDistillError(f"--out {out}: cannot write the export ({e.strerror or e}); "
-                                 f"{'the previous export is unchanged' if out.exists() else 'nothing was written'}"
-                                 ) from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the Hub --------------------------------------------------------------------------------------------------

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qrdistill.errors import ConfigError, DataError, MissingArtifactError, QRDistillError
+from qrdistill.export import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +227,7 @@ def provenance() -> dict[str, Any]:
 
 def write_model(dest: Path, model: Any, tokenizer: Any, base_path: str, info: dict[str, Any]) -> None:
     """Save into a temporary sibling of `dest`, then swap it in by rename."""
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-    except OSError as e:
-        raise QRDistillError(f"{dest}: cannot write ({e.strerror or e})") from None
-    old: Path | None = None
-    try:
+    with staged_dir(dest, str(dest), "the merged model") as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         for name in BASE_TOKENIZER_FILES:
@@ -243,22 +235,6 @@ def write_model(dest: Path, model: Any, tokenizer: Any, base_path: str, info: di
             if src is not None and not (tmp / name).exists():
                 shutil.copyfile(src, tmp / name)
         (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if dest.exists():
-            old = Path(f"{tmp}.old")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        if old is not None and old.exists() and not dest.exists():
-            os.replace(old, dest)  # the previous export comes back whole
-            old = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise QRDistillError(f"{dest}: cannot write the merged model ({e.strerror or e}); "
-                                 f"{'the previous export is unchanged' if dest.exists() else 'nothing was written'}"
-                                 ) from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _first_line(e: BaseException) -> str:
