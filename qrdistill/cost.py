@@ -423,7 +423,9 @@ class BudgetGate:
     actual costs replace the reservations and the next window is cut. When not even the next request
     fits, the gate stops: the rest are never issued, and `run_cached` leaves them unanswered. While the
     input count is an approximation, the first window holds at most `probe` requests and later ones
-    scale the estimate by what the server reported (never below 1x), so the reservation stays a bound.
+    scale the estimate by what the server reported (never below 1x). So the reservation is a bound
+    once the server has reported; in that first window an underestimated prompt can overshoot the
+    budget by at most its `probe` requests' underestimate.
     Everything else (key, label, config, close) is the wrapped backend's.
     """
 
