@@ -283,6 +283,28 @@ def test_a_deferred_tail_continues_the_same_text(tiny, monkeypatch):
     assert all(g.stop == "budget" for g in whole if g.n_tokens == 16)
 
 
+def test_auto_budget_is_per_task_from_the_students_own_training_responses(tmp_path):
+    from qrdistill.stages.evaluate import EvalTarget, EvalTask, _resolve_budgets, max_new_tokens
+    from qrdistill.tasks import get_task
+
+    (tmp_path / "train").mkdir()
+    fit = {"response_tokens_p99": 200, "response_tokens_p99_by_task": {"procedural_date": 200, "procedural_arith": 80}}
+    (tmp_path / "train" / "summary.json").write_text(json.dumps({"sequence_lengths": {"a": fit}}))
+    cfg = load_config(None)
+    trained, base = EvalTarget(key="a", model="m", adapter=tmp_path, student="a"), EvalTarget(key="base:m", model="m")
+    _resolve_budgets(cfg, tmp_path, [trained, base])
+    date, arith, gsm = (EvalTask(n, get_task(n), []) for n in ("procedural_date", "procedural_arith", "gsm8k"))
+    assert max_new_tokens(trained, date, cfg.evaluate) == 250
+    assert max_new_tokens(trained, arith, cfg.evaluate) == 100
+    assert max_new_tokens(trained, gsm, cfg.evaluate) == 250  # not trained on: 1.25 x its p99 over all tasks
+    assert max_new_tokens(base, arith, cfg.evaluate) == cfg.evaluate.base_max_new_tokens
+    # A summary from before the per-task p99: one budget for every task.
+    (tmp_path / "train" / "summary.json").write_text(json.dumps({"sequence_lengths": {"a": {"response_tokens_p99": 200}}}))
+    old = EvalTarget(key="a", model="m", adapter=tmp_path, student="a")
+    _resolve_budgets(cfg, tmp_path, [old])
+    assert max_new_tokens(old, arith, cfg.evaluate) == 250
+
+
 def test_a_prediction_cut_by_the_budget_is_recorded_as_such(tiny):
     from qrdistill.evaluation.generation import generate_greedy, load_causal_lm, load_tokenizer
 

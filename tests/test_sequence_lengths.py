@@ -25,6 +25,19 @@ def test_auto_length_covers_p99_rounded_and_capped():
     assert capped.max_length == 120 and capped.dropped == 100
 
 
+def test_response_p99_is_also_recorded_per_task_over_the_kept_pairs():
+    """evaluate budgets each task by these: a short-answer task must not inherit the longest task's p99."""
+    lengths = [(100, 200)] * 60 + [(50, 40)] * 39 + [(50, 900)]
+    tasks = ["date"] * 60 + ["arith"] * 40
+    fit = fit_to_length(lengths, [f"k{i}" for i in range(100)], "auto", cap=2048, tasks=tasks)
+    assert fit.dropped_keys == ["k99"]  # the 950-token arith pair does not fit the p99 length
+    assert fit.response_tokens_p99 == 200
+    assert fit.response_tokens_p99_by_task == {"arith": 40, "date": 200}
+    assert fit_to_length(lengths, [f"k{i}" for i in range(100)], "auto", cap=2048).response_tokens_p99_by_task == {}
+    with pytest.raises(ValueError):
+        fit_to_length(lengths, [f"k{i}" for i in range(100)], "auto", cap=2048, tasks=tasks[:-1])
+
+
 def test_more_than_one_percent_dropped_is_an_error_naming_the_field():
     keys = [f"k{i}" for i in range(10)]
     fits = {"a": fit_to_length([(10, 10)] * 9 + [(10, 90)], keys, 64, cap=2048)}

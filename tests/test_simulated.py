@@ -75,6 +75,18 @@ def test_styles_look_like_their_templates() -> None:
         assert len(set(by_style.values())) == 6
 
 
+def test_a_path_does_not_repeat_the_cue_the_student_prompt_ends_with() -> None:
+    """Students trained on "Answer: Let's think step by step.\nLet's think step by step." learned to repeat
+    the sentence until the token budget (the default run, before this was removed)."""
+    from qrdistill.prompting import STUDENT_TEMPLATE
+
+    cue = STUDENT_TEMPLATE.rstrip().rsplit("Answer: ", 1)[1].lower()
+    backend = get_backend(SimulatedBackendConfig())
+    for task_name in PROCEDURAL_TASKS:
+        for _req, comp in _run(backend, _requests(task_name, 30)):
+            assert cue not in comp.text.lower(), comp.text
+
+
 def test_planting_rates_match_the_config() -> None:
     backend = get_backend(SimulatedBackendConfig(wrong_answer_rate=0.2, spurious_step_rate=0.2))
     reqs = _requests("procedural_arith", 170, styles=("cot", "program")) + _requests(

@@ -283,7 +283,9 @@ class _Writer:
     def _cot(self, sentences: list[str], result: str) -> str:
         rng = self.rng
         mode = rng.choice(["steps", "numbers", "words"])
-        lines = [rng.choice(["Let's think step by step.", "Step by step:", "Let me reason carefully."])]
+        # No opener ("Let's think step by step."): the student prompt already ends with that sentence, and
+        # students trained on a response that repeats it learned to repeat it until the budget.
+        lines: list[str] = []
         connectives = ["First,", "Then,", "Next,", "After that,"]
         for i, s in enumerate(sentences):
             if mode == "steps":

@@ -117,7 +117,8 @@ class EvaluateConfig(BaseModel):
     max_new_tokens: Literal["auto"] | StrictPositiveInt = Field(
         "auto",
         description="Generation limit per answer. auto: a trained student gets 1.25 x the p99 token length of its "
-        "own training responses (from train/summary.json), a base model its task's default (`base_max_new_tokens` "
+        "own training responses on that task (from train/summary.json; a task it did not train on: over all its "
+        "responses), a base model its task's default (`base_max_new_tokens` "
         "overrides it). Answers stop at EOS or once their answer line is complete, so a long budget costs "
         "nothing when answers are short.",
     )

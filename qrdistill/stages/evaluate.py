@@ -77,6 +77,8 @@ class EvalTarget:
     prefix: str | None = None
     #: max_new_tokens: auto for a trained student (None = its task's default)
     budget: int | None = None
+    #: the same per task it trained on (a task missing here takes `budget`)
+    task_budgets: dict[str, int] = field(default_factory=dict)
     #: the trained student's name (targets of one student share it)
     student: str | None = None
     #: backend openai: the name the server serves this model under
@@ -375,15 +377,20 @@ def check_trained(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None:
 
 
 def _resolve_budgets(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None:
-    """max_new_tokens: auto -> each trained student's budget from its training responses' p99 length."""
+    """max_new_tokens: auto -> each trained student's budget from its training responses' p99 length, per task
+    where train/summary.json has it (older summaries: one budget over all tasks)."""
     if cfg.evaluate.max_new_tokens != "auto":
         return
     p = run_dir / "train" / "summary.json"
     lengths = (read_json(p).get("sequence_lengths") or {}) if p.exists() else {}
+    def scaled(p99: int) -> int:
+        return max(1, -(-int(AUTO_BUDGET_FACTOR * 100 * p99) // 100))
+
     for t in targets:
         fit = lengths.get(t.student or "")
         if t.adapter is not None and fit and fit.get("response_tokens_p99"):
-            t.budget = max(1, -(-int(AUTO_BUDGET_FACTOR * 100 * fit["response_tokens_p99"]) // 100))
+            t.budget = scaled(fit["response_tokens_p99"])
+            t.task_budgets = {k: scaled(v) for k, v in (fit.get("response_tokens_p99_by_task") or {}).items() if v}
         elif t.adapter is not None:
             log.warning("%s: no training response lengths in %s; using each task's default budget", t.key, p)
 
@@ -392,6 +399,8 @@ def max_new_tokens(target: EvalTarget, et: EvalTask, ecfg: Any) -> int:
     """The generation budget of `target` on task `et` (see EvaluateConfig.max_new_tokens)."""
     if ecfg.max_new_tokens != "auto":
         return int(ecfg.max_new_tokens)
+    if et.task.name in target.task_budgets:
+        return target.task_budgets[et.task.name]
     if target.budget is not None:
         return target.budget
     if target.adapter is None and ecfg.base_max_new_tokens is not None:

@@ -187,6 +187,9 @@ class LengthFit:
     prompt_shortened: int = 0  # always 0: prompts are never cut (encode refuses)
     response_tokens_p99: int = 0  # of the pairs kept: what evaluate's max_new_tokens: auto scales
     response_tokens_max: int = 0
+    #: the same p99 per task: evaluate budgets each task by its own responses (a short-answer task would
+    #: otherwise inherit the longest task's budget, and a looping answer would run to it)
+    response_tokens_p99_by_task: dict[str, int] = field(default_factory=dict)
     dropped_keys: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,12 +197,14 @@ class LengthFit:
 
 
 def fit_to_length(
-    lengths: list[tuple[int, int]], keys: list[str], requested: int | str, cap: int, quantile: float = LENGTH_QUANTILE
+    lengths: list[tuple[int, int]], keys: list[str], requested: int | str, cap: int, quantile: float = LENGTH_QUANTILE,
+    tasks: list[str] | None = None,
 ) -> LengthFit:
     """Resolve one student's `max_length` from its (prompt, response) token counts and find what does not fit.
 
     `auto`: the `quantile` (p99) of prompt + response, rounded up to a multiple of 8, at most `cap`.
-    A number is used as given. Pairs above it are dropped by the caller, never cut.
+    A number is used as given. Pairs above it are dropped by the caller, never cut. `tasks` (one per
+    pair) adds the kept responses' p99 per task.
     """
     totals = [p + r for p, r in lengths]
     if requested == "auto":
@@ -209,9 +214,14 @@ def fit_to_length(
         max_length = int(requested)
     dropped = [k for k, t in zip(keys, totals, strict=True) if t > max_length]
     kept = [r for (p, r) in lengths if p + r <= max_length]
+    by_task: dict[str, list[int]] = {}
+    for task, (p, r) in zip(tasks, lengths, strict=True) if tasks is not None else ():
+        if p + r <= max_length:
+            by_task.setdefault(task, []).append(r)
     return LengthFit(
         max_length=max_length, requested=requested, dropped=len(dropped), longest=max(totals),
         response_tokens_p99=quantile_length(kept) if kept else 0, response_tokens_max=max(kept, default=0),
+        response_tokens_p99_by_task={t: quantile_length(rs) for t, rs in sorted(by_task.items())},
         dropped_keys=dropped,
     )
 
@@ -221,13 +231,14 @@ AUTO_QUANTILES = (LENGTH_QUANTILE, 0.995, 0.999, 1.0)
 
 
 def fit_students(
-    lengths: dict[str, list[tuple[int, int]]], keys: list[str], requested: int | str, caps: dict[str, int]
+    lengths: dict[str, list[tuple[int, int]]], keys: list[str], requested: int | str, caps: dict[str, int],
+    tasks: list[str] | None = None,
 ) -> dict[str, LengthFit]:
     """`fit_to_length` for every student. With `auto`, each student's p99 can drop a different 1%, so
     the union could exceed it: the quantile is raised until the union of drops is at most 1%."""
     quantiles = AUTO_QUANTILES if requested == "auto" else (LENGTH_QUANTILE,)
     for q in quantiles:
-        fits = {name: fit_to_length(ls, keys, requested, caps[name], q) for name, ls in lengths.items()}
+        fits = {name: fit_to_length(ls, keys, requested, caps[name], q, tasks) for name, ls in lengths.items()}
         union = set().union(*(f.dropped_keys for f in fits.values())) if fits else set()
         if len(union) <= MAX_DROP_SHARE * len(keys):
             break

@@ -266,7 +266,7 @@ class Trainer:
         cap = self.tc.max_length_cap
         self.length_fits = fit_students(
             {s.name: s.pair_lengths(prompts, responses) for s in self.students}, keys, self.tc.max_length,
-            {s.name: min(cap, s.max_positions or cap) for s in self.students},
+            {s.name: min(cap, s.max_positions or cap) for s in self.students}, [it.task for it in self.items],
         )
         drop = check_drops(len(self.items), self.length_fits)
         self.items_before_fit = len(self.items)
