@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import uuid
@@ -11,15 +12,32 @@ from pathlib import Path
 
 from qrdistill.errors import QRDistillError
 
+log = logging.getLogger(__name__)
+
+
+def recover_staged(dest: Path) -> None:
+    """Undo what a killed export left beside `dest`: a previous export moved aside (`.<name>.tmp-*.old`)
+    comes back if `dest` is missing, and half-written folders are removed. One export per destination
+    at a time: a second export running into the same `dest` would lose its folder here."""
+    olds = sorted(dest.parent.glob(f".{dest.name}.tmp-*.old"), key=lambda p: p.stat().st_mtime)
+    if olds and not dest.exists():
+        os.replace(olds.pop(), dest)
+        log.warning("%s: restored the previous export, which an interrupted export had moved aside", dest)
+    for leftover in [*olds, *dest.parent.glob(f".{dest.name}.tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
 
 @contextlib.contextmanager
 def staged_dir(dest: Path, name: str, what: str) -> Iterator[Path]:
     """Yield a temporary sibling folder of `dest` to fill; on success it replaces `dest` by rename.
 
-    A failure (or a kill) while filling it leaves a previous `dest` whole. `name` is how errors name
-    the destination (`--out X` or the path), `what` what is being written.
+    A failure (or a kill) while filling it leaves a previous `dest` whole; what a kill left behind is
+    cleaned up (or restored) by the next export to `dest`. `name` is how errors name the destination
+    (`--out X` or the path), `what` what is being written.
     """
     try:
+        if dest.parent.is_dir():
+            recover_staged(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Not mkdtemp: its 0700 would become the export's mode; mkdir honours the umask like any other output.
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"

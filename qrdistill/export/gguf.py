@@ -100,6 +100,8 @@ def export_gguf(run_dir: Path, out: Path, students: list[str] | None = None, out
     tree, source = converter_tree()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".gguf-work-*"):  # left by a killed export (one export per --out at a time)
+            shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(dir=out, prefix=".gguf-work-"))
     except OSError as e:
         raise QRDistillError(f"--out {out}: cannot write ({e.strerror or e})") from None
@@ -155,30 +157,48 @@ def _manifest(gguf: Path) -> Path:
     return gguf.with_suffix(".json")
 
 
+def _staged_manifests(dest: Path) -> list[Path]:
+    manifest = _manifest(dest)
+    return sorted(manifest.parent.glob(f".{manifest.name}.*.tmp"))
+
+
+def _is_gguf_manifest(path: Path) -> bool:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("what") == "gguf"
+
+
 def check_dest(dest: Path) -> None:
-    """A file of the export's name that no earlier export wrote (no manifest beside it) is not replaced."""
+    """A file of the export's name that no earlier export wrote (no manifest beside it) is not replaced.
+
+    An export killed while publishing leaves its manifest staged beside the file (`_publish`); that
+    counts as an earlier export too.
+    """
     if dest.is_dir():
         raise QRDistillError(f"{dest}: is a directory; remove it or give another --out")
     if not dest.exists():
         return
-    try:
-        manifest = json.loads(_manifest(dest).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        manifest = None
-    if not isinstance(manifest, dict) or manifest.get("what") != "gguf":
+    if not (_is_gguf_manifest(_manifest(dest)) or any(_is_gguf_manifest(p) for p in _staged_manifests(dest))):
         raise QRDistillError(f"{dest}: exists and is not a previous GGUF export (no {_manifest(dest).name} beside "
                              "it); remove it or give another --out")
 
 
 def _publish(tmp: Path, dest: Path, info: dict[str, Any]) -> None:
-    """The GGUF file first, then its manifest: a manifest always describes the file beside it."""
+    """The new manifest staged, the old one removed, the GGUF file renamed, then its manifest: a manifest
+    never describes another file than the one beside it, and a kill at any point leaves either the old
+    pair, or a file with its staged manifest (which `check_dest` accepts, so the next export replaces it)."""
     manifest = _manifest(dest)
+    stale = _staged_manifests(dest)
+    staged = manifest.with_name(f".{manifest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    staged.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     with contextlib.suppress(FileNotFoundError):
         manifest.unlink()
     os.replace(tmp, dest)
-    staged = manifest.with_name(f".{manifest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    staged.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(staged, manifest)
+    for p in stale:
+        p.unlink(missing_ok=True)
 
 
 def convert(tree: Path, model_dir: Path, outfile: Path, outtype: str, name: str) -> None:

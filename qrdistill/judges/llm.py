@@ -132,10 +132,12 @@ class LLMJudge(Judge):
                     verdicts.append(parse_verdict(comp.text))
                     continue
                 stored = store.get(key)
-                error = stored.error if stored is not None else "no reply"
-                verdicts.append(
-                    Verdict(valid=False, reason=f"judge call failed (retried on the next run): {error}", parsed=False)
-                )
+                if stored is None:
+                    # Nothing stored: the call was never made (filter.budget_usd stopped the queue first).
+                    reason = "not judged: the call was not issued (budget reached); asked on the next run"
+                else:
+                    reason = f"judge call failed (retried on the next run): {stored.error}"
+                verdicts.append(Verdict(valid=False, reason=reason, parsed=False))
             return verdicts
         finally:
             # free a local judge model as soon as judging is done; a later call reloads it
