@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -305,9 +304,10 @@ def test_dry_runs_and_budgets_against_an_openai_server(tmp_path, capsys):
             filter_stage.run(cfg, run)
         judged = len(stub.requests) - 16
         assert 0 < judged < 16 and f"{16 - judged} paths not judged are marked not kept" in str(e.value)
-        reasons = Counter((json.loads(line).get("judge") or {}).get("reason", "")[:24]
-                          for line in (run / "filtered.jsonl").read_text().splitlines())
-        assert reasons["not judged: the call was "] == 16 - judged and not any("failed" in r for r in reasons)
+        reasons = [(json.loads(line).get("judge") or {}).get("reason", "")
+                   for line in (run / "filtered.jsonl").read_text().splitlines()]
+        assert sum(r.startswith("not judged: the call was not issued") for r in reasons) == 16 - judged
+        assert not any("failed" in r for r in reasons)
         assert cost.stored_spend(run / "store.sqlite", "judge", cfg.prices)[0] <= 0.04
         cfg = stub_config(run, stub, data, tok, filter={"budget_usd": 1.0})
         report = filter_stage.run(cfg, run)
