@@ -112,12 +112,21 @@ def _connect_readonly(path: Path) -> sqlite3.Connection | None:
     return db
 
 
-def _cached_tokens(meta: str | None) -> int:
+#: Completion.meta field: what the budget charged a call whose server reported no usage (its worst case),
+#: so a later run's spending counts it too.
+UNMETERED_CHARGE = "unmetered_charge_usd"
+
+
+def _meta_number(meta: str | None, name: str) -> float:
     try:
-        value = json.loads(meta).get("cached_tokens") if meta else None
+        value = json.loads(meta).get(name) if meta else None
     except (ValueError, AttributeError):
         return 0
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _cached_tokens(meta: str | None) -> int:
+    return int(_meta_number(meta, "cached_tokens"))
 
 
 def stored_calls(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -141,10 +150,13 @@ def stored_calls(path: str | Path, kind: str | None = None) -> list[dict[str, An
     out = []
     for r in rows:
         # The completion's meta belongs to its ok call; a failed attempt before it had no cache hits reported.
-        cached = _cached_tokens(r["meta"]) if r["status"] == "ok" else 0
+        ok = r["status"] == "ok"
+        cached = _cached_tokens(r["meta"]) if ok else 0
         out.append({"key": r["key"], "kind": r["kind"], "backend": r["backend"], "status": r["status"],
                     "model": r["model"] or r["backend"].split(":", 1)[-1], "prompt_tokens": r["prompt_tokens"] or 0,
-                    "completion_tokens": r["completion_tokens"] or 0, "cached_tokens": cached})
+                    "completion_tokens": r["completion_tokens"] or 0, "cached_tokens": cached,
+                    "unmetered": ok and (r["prompt_tokens"] is None or r["completion_tokens"] is None),
+                    "charged_usd": _meta_number(r["meta"], UNMETERED_CHARGE) if ok else 0})
     return out
 
 
@@ -172,10 +184,19 @@ def stored_ok_usage(path: str | Path, keys: Iterable[str]) -> dict[str, dict[str
 
 
 def stored_spend(path: str | Path, kind: str, prices: dict[str, Any] | None) -> tuple[float, dict[str, int]]:
-    """USD of every stored call of `kind` whose model has a price, and the count of calls per unpriced model."""
+    """USD of every stored call of `kind` whose model has a price, and the count of calls per unpriced model.
+
+    A call the server reported no usage for costs what a budget charged it (its worst case, stored with
+    the completion); without one (made with no budget set) its cost is unknown and it counts as unpriced.
+    """
     total, unpriced = 0.0, defaultdict(int)
     for c in stored_calls(path, kind):
         price = price_of(prices, c["model"])
+        if price is not None and c["unmetered"]:
+            if c["charged_usd"]:
+                total += c["charged_usd"]
+                continue
+            price = None
         if price is None:
             unpriced[c["model"]] += 1
             continue
@@ -479,6 +500,7 @@ class BudgetGate:
                                 "worst case (%s)", usd(reserved))
                 self.unreported += 1
                 self.spent += reserved
+                comp.meta = {**(comp.meta or {}), UNMETERED_CHARGE: reserved}
             else:
                 cached = (comp.meta or {}).get("cached_tokens") if comp.ok else 0
                 self.spent += call_cost(self.price, comp.prompt_tokens, comp.completion_tokens,
@@ -539,8 +561,9 @@ def budget_gate(backend: Any, budget: float, prices: dict[str, Any], store_path:
     price = require_price(prices, backend.model, budget_field, model_field)
     spent, unpriced = stored_spend(store_path, kind, prices)
     for model, n in unpriced.items():
-        log.warning("%s: %d stored %s calls of model %r have no price in `prices` and are not counted "
-                    "against the budget", budget_field, n, kind, model)
+        log.warning("%s: %d stored %s calls of model %r have no price in `prices`, or no usage reported by the "
+                    "server and no budget charge stored, and are not counted against the budget", budget_field, n,
+                    kind, model)
     counter = token_counter(backend_config, model_field.rsplit(".", 1)[0])
     probe = int(getattr(backend_config, "max_concurrency", None) or getattr(backend_config, "batch_size", 8))
     return BudgetGate(backend, budget, spent, price, counter, probe=probe)

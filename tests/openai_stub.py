@@ -28,8 +28,10 @@ class OpenAIStub:
         reply: Callable[[str], str] = lambda prompt: "Step one. The answer is 42.",
         status: Callable[[str], int] = lambda prompt: 200,
         echo_auth_in_errors: bool = False,
+        usage: bool = True,
     ) -> None:
         self.reply = reply
+        self.usage = usage
         self.status = status
         self.echo_auth_in_errors = echo_auth_in_errors
         self.echoed = 0
@@ -67,7 +69,9 @@ class OpenAIStub:
                         choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
                         obj = "text_completion"
                     payload = {"id": "stub-1", "object": obj, "created": 0, "model": body.get("model", "stub"),
-                               "choices": [choice], "usage": usage}
+                               "choices": [choice]}
+                    if stub.usage:  # some servers and proxies report none
+                        payload["usage"] = usage
                 data = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

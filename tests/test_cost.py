@@ -330,6 +330,26 @@ def test_dry_runs_and_budgets_against_an_openai_server(tmp_path, capsys):
     assert "## Teacher and judge cost per stage, task and style" in md and "cost_run.csv" in md
 
 
+def test_calls_without_reported_usage_keep_their_worst_case_charge_on_the_next_run(tmp_path):
+    """A server that reports no usage: the budget charges each call its worst case, and that charge is stored,
+    so a rerun starts from the same spending instead of from $0 (which would let it spend the budget again)."""
+    tok = word_tokenizer(tmp_path / "tok")
+    data = gsm_file(tmp_path, 8)
+    run = tmp_path / "run"
+    with OpenAIStub(reply=stub_reply, usage=False) as stub:
+        cfg = stub_config(run, stub, data, tok, generate={"budget_usd": 0.05})
+        with pytest.raises(cost.BudgetExhausted):
+            generate_stage.run(cfg, run)
+        made = len(stub.requests)
+        assert 0 < made < 16
+        spent = json.loads((run / "meta" / "generate.json").read_text())["summary"]["budget"]["spent_usd"]
+        assert spent > stub_cost(stub.requests)  # worst cases, not what the calls really cost
+        assert cost.stored_spend(run / "store.sqlite", "teacher", cfg.prices)[0] == pytest.approx(spent, abs=1e-6)
+        with pytest.raises(cost.BudgetExhausted):
+            generate_stage.run(cfg, run)
+        assert len(stub.requests) == made  # nothing left of the budget: no call
+
+
 def test_report_without_prices_shows_tokens_only(tmp_path):
     from qrdistill.analysis.report import build_report
 
