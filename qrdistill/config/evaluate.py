@@ -39,7 +39,11 @@ class EvalServerConfig(BaseModel):
         "the vLLM --lora-modules name, or the llama.cpp alias of its exported GGUF) or `base:<model>` (the "
         "zero-shot base, as train.students names it). Base models without an entry are not evaluated.",
     )
-    max_concurrency: StrictPositiveInt = Field(4, description="Requests in flight at once.")
+    max_concurrency: StrictPositiveInt = Field(
+        4, description="Requests in flight at once (vLLM and llama.cpp's llama-server batch them). "
+        "llama-cpp-python's server answers one at a time and, unless started with --interrupt_requests False, "
+        "abandons a running answer when the next request arrives: start it so, or set 1.",
+    )
     timeout: float = Field(
         600.0, gt=0, description="Seconds per attempt, queueing on the server included (a server that answers "
         "one request at a time makes the others wait).",

@@ -55,8 +55,7 @@ class TrainedStudent:
 def trained_students(run_dir: Path, names: list[str] | None = None) -> tuple[dict[str, Any], list[TrainedStudent]]:
     """The finished training's summary and its students (all, or `names` in that order), each with the
     adapter the summary vouches for. One clear QRDistillError when there is none to export."""
-    from qrdistill.stages.evaluate import adapter_dir
-    from qrdistill.train.artifacts import SUMMARY_FILE, check_training, has_traces
+    from qrdistill.train.artifacts import SUMMARY_FILE, adapter_dir, check_training, has_traces
 
     train_dir = run_dir / "train"
     summary_file = train_dir / SUMMARY_FILE

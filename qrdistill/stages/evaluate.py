@@ -272,6 +272,8 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
     """Base models and/or trained adapters per `evaluate.students`; a note when training is absent."""
     students = list(cfg.train.students)
     which = cfg.evaluate.students
+    from qrdistill.train.artifacts import adapter_dir
+
     adapters_dir = run_dir / "train" / "adapters"
     found = {s.name: adapter_dir(adapters_dir / s.name) for s in students}
     missing = [name for name, d in found.items() if d is None]
@@ -410,18 +412,6 @@ def max_new_tokens(target: EvalTarget, et: EvalTask, ecfg: Any) -> int:
 
 #: A task without its own `max_new_tokens` default.
 DEFAULT_BUDGET = 256
-
-
-def adapter_dir(path: Path) -> Path | None:
-    """The folder holding adapter_config.json: `path` itself or, as PEFT saves a named
-    adapter, `path/<name>`."""
-    if (path / "adapter_config.json").exists():
-        return path
-    if path.is_dir():
-        for sub in sorted(path.iterdir()):
-            if (sub / "adapter_config.json").exists():
-                return sub
-    return None
 
 
 def train_method(run_dir: Path) -> str:

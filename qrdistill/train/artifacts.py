@@ -29,6 +29,18 @@ CACHE_FILES = ("embeddings.pt", ".embeddings.pt.tmp")
 TB_EVENTS = "events.out.tfevents.*"
 
 
+def adapter_dir(path: Path) -> Path | None:
+    """The folder holding adapter_config.json: `path` itself or, as PEFT saves a named
+    adapter, `path/<name>`."""
+    if (path / "adapter_config.json").exists():
+        return path
+    if path.is_dir():
+        for sub in sorted(path.iterdir()):
+            if (sub / "adapter_config.json").exists():
+                return sub
+    return None
+
+
 def adapter_digest(path: Path) -> dict[str, str]:
     """sha256 of the files that make an adapter what it is: its weights and its config."""
     if not path.is_dir():
