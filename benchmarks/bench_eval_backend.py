@@ -168,12 +168,15 @@ def bench_gemma(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from qrdistill.export.gguf import export_gguf
     from qrdistill.io import read_json
     from qrdistill.models import resolve_model
-    from qrdistill.stages.evaluate import AUTO_BUDGET_FACTOR, adapter_dir
+    from qrdistill.stages.evaluate import AUTO_BUDGET_FACTOR
+    from qrdistill.train.artifacts import adapter_dir
 
     run_dir = Path(args.run_dir)
     summary = read_json(run_dir / "train" / "summary.json")
     entry = next(s for s in summary["students"] if s["name"] == args.student)
-    p99 = summary["sequence_lengths"][args.student]["response_tokens_p99"]
+    fit = summary["sequence_lengths"][args.student]
+    # The date questions' budget, as max_new_tokens: auto gives it (older summaries: over all tasks).
+    p99 = (fit.get("response_tokens_p99_by_task") or {}).get("procedural_date", fit["response_tokens_p99"])
     budget = args.max_new_tokens or -(-int(AUTO_BUDGET_FACTOR * 100 * p99) // 100)
     out = work / "gemma-gguf"
     shutil.rmtree(out, ignore_errors=True)

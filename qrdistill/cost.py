@@ -193,7 +193,7 @@ def stored_spend(path: str | Path, kind: str, prices: dict[str, Any] | None) -> 
     for c in stored_calls(path, kind):
         price = price_of(prices, c["model"])
         if price is not None and c["unmetered"]:
-            if c["charged_usd"]:
+            if c["charged_usd"] or (price.input == 0 and price.output == 0):
                 total += c["charged_usd"]
                 continue
             price = None
@@ -585,15 +585,18 @@ def cost_rows(calls: Sequence[dict[str, Any]], groups: dict[str, tuple[str, str]
         k = (STAGE_OF_KIND.get(c["kind"], c["kind"]), task, style, c["model"])
         row = acc.setdefault(k, {"stage": k[0], "task": task, "style": style, "model": c["model"], "calls": 0,
                                  "errors": 0, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
-                                 "cost_usd": None})
+                                 "unmetered": 0, "cost_usd": None})
         row["calls"] += 1
         row["errors"] += c["status"] != "ok"
+        row["unmetered"] += bool(c.get("unmetered"))
         for n in ("prompt_tokens", "cached_tokens", "completion_tokens"):
             row[n] += c[n]
         price = price_of(prices, c["model"])
         if price is not None:
-            row["cost_usd"] = (row["cost_usd"] or 0.0) + call_cost(price, c["prompt_tokens"], c["completion_tokens"],
-                                                                   c["cached_tokens"])
+            # A call without reported usage costs what the budget charged it (as in stored_spend), else unknown.
+            spent = (c["charged_usd"] if c.get("unmetered") else
+                     call_cost(price, c["prompt_tokens"], c["completion_tokens"], c["cached_tokens"]))
+            row["cost_usd"] = (row["cost_usd"] or 0.0) + spent
     # Stages in pipeline order, then tasks and styles in the order the pool lists them (the config's).
     stage_rank = {s: i for i, s in enumerate(STAGE_OF_KIND.values())}
     group_rank: dict[tuple[str, str], int] = {}

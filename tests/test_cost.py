@@ -17,7 +17,7 @@ import pytest
 from openai_stub import OpenAIStub
 
 from qrdistill import cost
-from qrdistill.config import ModelPrice, RunConfig, load_config
+from qrdistill.config import DEMO_STYLES, ModelPrice, RunConfig, load_config
 from qrdistill.errors import ConfigError
 from qrdistill.stages import filter as filter_stage
 from qrdistill.stages import generate as generate_stage
@@ -345,6 +345,9 @@ def test_calls_without_reported_usage_keep_their_worst_case_charge_on_the_next_r
         spent = json.loads((run / "meta" / "generate.json").read_text())["summary"]["budget"]["spent_usd"]
         assert spent > stub_cost(stub.requests)  # worst cases, not what the calls really cost
         assert cost.stored_spend(run / "store.sqlite", "teacher", cfg.prices)[0] == pytest.approx(spent, abs=1e-6)
+        rows = cost.cost_rows(cost.stored_calls(run / "store.sqlite", "teacher"), {}, cfg.prices)
+        assert sum(r["cost_usd"] for r in rows) == pytest.approx(spent, abs=1e-6)  # the report says the same
+        assert sum(r["unmetered"] for r in rows) == made
         with pytest.raises(cost.BudgetExhausted):
             generate_stage.run(cfg, run)
         assert len(stub.requests) == made  # nothing left of the budget: no call
@@ -362,7 +365,7 @@ def test_report_without_prices_shows_tokens_only(tmp_path):
     assert snapshot(run) == before  # the store is read, never written
     rows = list(csv.DictReader((tmp_path / "report" / "cost_run.csv").open()))
     assert "cost_usd" not in rows[0]
-    assert [(r["stage"], r["style"]) for r in rows] == [("generate", s) for s in ("cot", "program", "backward")]
+    assert [(r["stage"], r["style"]) for r in rows] == [("generate", s) for s in DEMO_STYLES]
     assert sum(int(r["prompt_tokens"]) for r in rows) == summary["tokens_this_run"]["prompt"]
     assert sum(int(r["completion_tokens"]) for r in rows) == summary["tokens_this_run"]["completion"]
     md = (tmp_path / "report" / "report.md").read_text()

@@ -191,7 +191,8 @@ def test_reexport_replaces_the_previous_one_and_user_dirs_are_refused(run_dir, t
     first = len(load(out))
     export_dataset(run_dir, out, all_paths=True)
     assert len(load(out)) > first
-    assert sorted(p.name for p in out.parent.iterdir()) == ["ds"]  # no temporary directory left behind
+    # No temporary directory left behind (the lock file that keeps exports to one place apart stays).
+    assert sorted(p.name for p in out.parent.iterdir()) == [".ds.lock", "ds"]
 
     # A failure while writing leaves the previous export whole, and nothing beside it.
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -204,7 +205,7 @@ def test_reexport_replaces_the_previous_one_and_user_dirs_are_refused(run_dir, t
         export_dataset(run_dir, out)
     monkeypatch.undo()
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["ds"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [".ds.lock", "ds"]
 
     # A directory with a user's files is never replaced, and neither is an export a user added a file to.
     user = tmp_path / "mine"

@@ -178,7 +178,7 @@ def test_f16_and_quantised_gguf(trained, merged, tmp_path):
                                                  "temperature": 0.0})
     assert resp["usage"]["completion_tokens"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "gemma-f16.gguf", "gemma-f16.json", "gemma-q4_k_m.gguf", "gemma-q4_k_m.json"]
+        ".gguf-export.lock", "gemma-f16.gguf", "gemma-f16.json", "gemma-q4_k_m.gguf", "gemma-q4_k_m.json"]
 
 
 def test_output_types():

@@ -93,16 +93,17 @@ def test_merged_logits_equal_base_plus_adapter_and_load_without_peft(trained, ex
         assert info["adapter_digest"] == summary["adapters"][name]
         assert info["training_fingerprint"] == summary["fingerprint"] and "git_sha" in info
         assert result["students"][name]["path"] == str(dest)
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.suffix != ".lock"], \
+        "temporary folders left behind"
 
 
 def test_stage_exports_named_students_and_replaces_previous_export(trained, tmp_path):
     out = tmp_path / "o"
     first = export_stage.run(trained, "model", out=out, students=["gpt2"])
-    assert list(first["students"]) == ["gpt2"] and sorted(p.name for p in out.iterdir()) == ["gpt2"]
+    assert list(first["students"]) == ["gpt2"] and sorted(p.name for p in out.iterdir()) == [".gpt2.lock", "gpt2"]
     mtime = (out / "gpt2" / "export.json").stat().st_mtime_ns
     export_stage.run(trained, "model", out=out, students=["gpt2", "gpt2"])
-    assert sorted(p.name for p in out.iterdir()) == ["gpt2"]
+    assert sorted(p.name for p in out.iterdir()) == [".gpt2.lock", "gpt2"]
     assert (out / "gpt2" / "export.json").stat().st_mtime_ns != mtime
 
 

@@ -27,7 +27,7 @@ def test_a_previous_export_moved_aside_by_a_killed_export_comes_back(tmp_path):
         (tmp / "data.jsonl").write_text("new, but the export fails\n")
         raise RuntimeError("export failed")
     assert _tree(dest) == {"data.jsonl": "previous\n"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
 
 
 def test_leftovers_beside_a_whole_export_are_removed_on_the_next_export(tmp_path):
@@ -40,7 +40,21 @@ def test_leftovers_beside_a_whole_export_are_removed_on_the_next_export(tmp_path
         (tmp / "data.jsonl").write_text("new\n")
     assert _tree(dest) == {"data.jsonl": "new\n"}
     # Another destination's staging folder is not this export's to remove.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-dddd", "export"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", ".other.tmp-dddd", "export"]
+
+
+def test_a_second_export_to_the_same_place_is_refused_while_one_runs(tmp_path):
+    """The next export clears a killed one's leftovers, so it must not start beside a running one."""
+    dest = tmp_path / "export[1]"  # glob characters in the name match nothing else
+    (tmp_path / ".export1.tmp-eeee").mkdir()
+    with staged_dir(dest, "--out export[1]", "the dataset") as tmp:
+        (tmp / "data.jsonl").write_text("first\n")
+        with pytest.raises(QRDistillError, match=r"another export of the dataset there is running"), \
+                staged_dir(dest, "--out export[1]", "the dataset"):
+            pass
+        assert tmp.is_dir()  # the running export's folder is untouched
+    assert _tree(dest) == {"data.jsonl": "first\n"}
+    assert (tmp_path / ".export1.tmp-eeee").is_dir()
 
 
 def test_a_gguf_killed_while_publishing_is_still_replaceable(tmp_path, monkeypatch):

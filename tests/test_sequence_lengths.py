@@ -36,6 +36,10 @@ def test_response_p99_is_also_recorded_per_task_over_the_kept_pairs():
     assert fit_to_length(lengths, [f"k{i}" for i in range(100)], "auto", cap=2048).response_tokens_p99_by_task == {}
     with pytest.raises(ValueError):
         fit_to_length(lengths, [f"k{i}" for i in range(100)], "auto", cap=2048, tasks=tasks[:-1])
+    # A task with fewer than MIN_TASK_PAIRS kept pairs gets no p99 of its own (the max of a handful).
+    few = fit_to_length(lengths, [f"k{i}" for i in range(100)], "auto", cap=2048,
+                        tasks=["date"] * 60 + ["arith"] * 21 + ["gsm"] * 19)
+    assert few.response_tokens_p99_by_task == {"arith": 40, "date": 200}
 
 
 def test_more_than_one_percent_dropped_is_an_error_naming_the_field():

@@ -912,6 +912,8 @@ def cost_table(run: RunLogs) -> tuple[list[dict[str, Any]], list[str]]:
             except ValueError:
                 continue
     rows = cost_rows(run.usage, run.usage_groups, prices)
+    if not any(r["unmetered"] for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "unmetered"} for r in rows]  # a column of zeros says nothing
     unpriced = sorted({r["model"] for r in rows if r["cost_usd"] is None})
     if not prices:
         # Tokens only: a cost column of blanks would read as "free".

@@ -44,7 +44,8 @@ class LoraConfig(BaseModel):
     r: StrictPositiveInt = Field(16, le=1024, description="LoRA rank (the paper uses 32).")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     # 0 as in PEFT: on CPU the dropout mask on every adapted layer's input took 15 % of a demo training step
-    # (cProfile, 8 steps of the default run), for a regulariser a one-epoch run hardly needs.
+    # (cProfile, 8 steps of the default run). A regulariser for long runs; the multi-epoch table configs have
+    # not been measured with and without it.
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input (PEFT's lora_dropout).")
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear", description="'all-linear' or module names, e.g. [q_proj, v_proj]."

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from qrdistill.errors import ConfigError, QRDistillError
+from qrdistill.export import export_lock
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,19 @@ def export_gguf(run_dir: Path, out: Path, students: list[str] | None = None, out
     for st in todo:
         check_dest(out / f"{st.name}-{outtype}.gguf")
     tree, source = converter_tree()
+    held = contextlib.ExitStack()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".gguf-work-*"):  # left by a killed export (one export per --out at a time)
+        held.enter_context(export_lock(out, "gguf-export", "GGUF files"))
+        for stale in out.glob(".gguf-work-*"):  # left by a killed export (the lock says none is running)
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(dir=out, prefix=".gguf-work-"))
     except OSError as e:
+        held.close()
         raise QRDistillError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        held.close()
+        raise
     results = {}
     try:
         for st in todo:
@@ -150,6 +157,7 @@ def export_gguf(run_dir: Path, out: Path, students: list[str] | None = None, out
         raise QRDistillError(f"--out {out}: cannot write the GGUF export ({e.strerror or e})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        held.close()
     return {"out": str(out), "outtype": outtype, "students": results}
 
 

@@ -133,8 +133,8 @@ class LLMJudge(Judge):
                     continue
                 stored = store.get(key)
                 if stored is None:
-                    # Nothing stored: the call was never made (filter.budget_usd stopped the queue first).
-                    reason = "not judged: the call was not issued (budget reached); asked on the next run"
+                    # Nothing stored: the call was never made (today only filter.budget_usd stops the queue so).
+                    reason = "not judged: the call was not issued; asked on the next run"
                 else:
                     reason = f"judge call failed (retried on the next run): {stored.error}"
                 verdicts.append(Verdict(valid=False, reason=reason, parsed=False))

@@ -385,6 +385,7 @@ def _resolve_budgets(cfg: Any, run_dir: Path, targets: list[EvalTarget]) -> None
         return
     p = run_dir / "train" / "summary.json"
     lengths = (read_json(p).get("sequence_lengths") or {}) if p.exists() else {}
+
     def scaled(p99: int) -> int:
         return max(1, -(-int(AUTO_BUDGET_FACTOR * 100 * p99) // 100))
 

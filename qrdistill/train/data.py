@@ -176,6 +176,10 @@ def quantile_length(lengths: list[int], q: float = LENGTH_QUANTILE) -> int:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+#: fewest kept pairs of a task for its own response p99 (see fit_to_length)
+MIN_TASK_PAIRS = 20
+
+
 @dataclass
 class LengthFit:
     """How one student's tokenizer sizes the training pairs (recorded in train/summary.json)."""
@@ -204,7 +208,8 @@ def fit_to_length(
 
     `auto`: the `quantile` (p99) of prompt + response, rounded up to a multiple of 8, at most `cap`.
     A number is used as given. Pairs above it are dropped by the caller, never cut. `tasks` (one per
-    pair) adds the kept responses' p99 per task.
+    pair) adds the kept responses' p99 per task, for tasks with at least MIN_TASK_PAIRS kept pairs
+    (below that the p99 is the maximum of a handful; evaluate then uses the p99 over all tasks).
     """
     totals = [p + r for p, r in lengths]
     if requested == "auto":
@@ -221,7 +226,8 @@ def fit_to_length(
     return LengthFit(
         max_length=max_length, requested=requested, dropped=len(dropped), longest=max(totals),
         response_tokens_p99=quantile_length(kept) if kept else 0, response_tokens_max=max(kept, default=0),
-        response_tokens_p99_by_task={t: quantile_length(rs) for t, rs in sorted(by_task.items())},
+        response_tokens_p99_by_task={t: quantile_length(rs) for t, rs in sorted(by_task.items())
+                                     if len(rs) >= MIN_TASK_PAIRS},
         dropped_keys=dropped,
     )
 
