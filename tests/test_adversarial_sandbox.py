@@ -225,7 +225,8 @@ def test_case12_nothing_outside_the_sandbox_changes(mode, tmp_path):
 def test_case12_verdicts_reach_filtered_jsonl_and_the_report(tmp_path):
     run = tmp_path / "run"
     env = subprocess_env()
-    base = ["--run-dir", str(run), "--limit", "2"]
+    # The demo's styles have no program; this test needs program paths.
+    base = ["--run-dir", str(run), "--limit", "2", "--set", "generate.styles=[cot,program,backward]"]
     gen = subprocess.run(
         qrdistill_cmd("generate", *base), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
