@@ -13,11 +13,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from openai_stub import LocalServer
 
 from qrdistill.config import load_config
 from qrdistill.errors import ConfigError, QRDistillError
@@ -26,7 +27,7 @@ from qrdistill.errors import ConfigError, QRDistillError
 Reply = tuple[list[str], str]
 
 
-class StreamServer:
+class StreamServer(LocalServer):
     """`/v1/completions` with `stream: true` as Server-Sent Events, one token per event (as llama.cpp sends).
 
     `reply(prompt)` gives the tokens and finish_reason; `status(prompt, n)` (n = how many times this
@@ -104,24 +105,10 @@ class StreamServer:
                 self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
                 self.wfile.flush()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._serve(Handler, daemon_threads=True)
 
     def streamed(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r.get("stream")]
-
-    def __enter__(self) -> StreamServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _words(text: str) -> list[str]:
