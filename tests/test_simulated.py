@@ -87,6 +87,36 @@ def test_a_path_does_not_repeat_the_cue_the_student_prompt_ends_with() -> None:
             assert cue not in comp.text.lower(), comp.text
 
 
+def test_date_steps_show_their_calendar_working_and_the_judge_checks_it() -> None:
+    """Students copied one-shot claims ("03/22/2024 + 6 weeks = 03/16/2024") and got 80-90 % of them wrong
+    (default run at 5810011); the working splits a shift into small sums the judge recomputes."""
+    import datetime as dt
+
+    from qrdistill.backends.simulated import calendar_work
+    from qrdistill.judges.steps import arithmetic_claims, verdict_for
+
+    assert calendar_work(dt.date(2014, 7, 18), -25, "day") == (
+        "borrow the 30 days of June 2014: 18 + 30 = 48; 48 − 25 = 23")
+    assert calendar_work(dt.date(2024, 1, 30), 6, "week") == (
+        "6 weeks = 6 × 7 = 42 days; day 30 + 42 = 72; January 2024 has 31 days: 72 − 31 = 41; "
+        "February 2024 has 29 days: 41 − 29 = 12")
+    assert calendar_work(dt.date(2021, 2, 5), -4, "month") == "month 2 + 12 − 4 = 10, in 2020"
+    assert calendar_work(dt.date(2021, 1, 31), 1, "month") == ""  # ambiguous: no working
+    backend = get_backend(SimulatedBackendConfig(wrong_answer_rate=0.0, spurious_step_rate=0.0))
+    got = _run(backend, _requests("procedural_date", 40, styles=("cot", "vanilla", "backward")))
+    worked = 0
+    for _req, comp in got:
+        claims = arithmetic_claims(comp.text, 1e-6)
+        worked += bool(claims)
+        assert all(c.ok for c in claims) and verdict_for(comp.text).valid, comp.text
+    assert worked >= 0.9 * len(got)
+    # A miscounted month in the working fails the path.
+    slipped = got[0][1].text
+    claim = arithmetic_claims(slipped, 1e-6)[0].text
+    a, b = claim.rsplit("= ", 1)
+    assert not verdict_for(slipped.replace(claim, f"{a}= {int(b) + 1}", 1)).valid
+
+
 def test_planting_rates_match_the_config() -> None:
     backend = get_backend(SimulatedBackendConfig(wrong_answer_rate=0.2, spurious_step_rate=0.2))
     reqs = _requests("procedural_arith", 170, styles=("cot", "program")) + _requests(

@@ -19,6 +19,7 @@ It is a teacher backend like the others and says so in its label
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import random
 import time
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from qrdistill.backends.base import BACKENDS, Backend, Completion, Request
+from qrdistill.backends.base import BACKENDS, Backend, Completion, Request, request_key
 from qrdistill.errors import ConfigError
 from qrdistill.styles import STYLES
 from qrdistill.tasks.base import Record
@@ -36,6 +37,9 @@ from qrdistill.tasks.procedural import fmt_date as _fmt_date
 from qrdistill.tasks.procedural import parse_date as _parse_date
 
 RATE_FIELDS = ("wrong_answer_rate", "spurious_step_rate")
+#: Part of every request key: a store filled by an older writer is not reused (or mistaken for this one's text).
+#: 2: date steps show their calendar working.
+WRITER_VERSION = 2
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
 OP_SYMBOLS = {"+": ["+"], "-": ["-", "−"], "*": ["×", "*", "x"], "/": ["÷", "/"]}
 INVERSE_OP = {"+": "-", "-": "+", "*": "/", "/": "*"}
@@ -108,6 +112,59 @@ def _date_claim(c: _Claim, rng: random.Random, inverse: bool = False) -> str:
     return f"{span} {rel} {_fmt_date(start)} {verb} {_fmt_date(end)}"
 
 
+def _month_days(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
+def _month_name(year: int, month: int) -> str:
+    return f"{calendar.month_name[month]} {year}"
+
+
+def calendar_work(start: dt.date, delta: int, unit: str) -> str:
+    """The calendar arithmetic behind one date shift, in small integer steps a student can copy.
+
+    "borrow the 30 days of June 2014: 18 + 30 = 48; 48 − 25 = 23" for
+    07/18/2014 - 25 days. Every step is an `a op b = c` claim that the `steps` judge recomputes,
+    so a miscounted month fails the path the same way a wrong date claim does. Shifts that the
+    calendar makes ambiguous (a month shift from day > 28) get no working.
+    """
+    parts: list[str] = []
+    n = abs(delta)
+    if unit == "week":
+        parts.append(f"{n} {'week' if n == 1 else 'weeks'} = {n} × 7 = {7 * n} days")
+        unit, n = "day", 7 * n
+    if unit == "day":
+        y, m, day = start.year, start.month, start.day
+        if delta > 0:
+            total = day + n
+            parts.append(f"day {day} + {n} = {total}")
+            while total > _month_days(y, m):
+                days = _month_days(y, m)
+                parts.append(f"{_month_name(y, m)} has {days} days: {total} − {days} = {total - days}")
+                total -= days
+                y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+        else:
+            while day <= n:
+                y, m = (y - 1, 12) if m == 1 else (y, m - 1)
+                days = _month_days(y, m)
+                parts.append(f"borrow the {days} days of {_month_name(y, m)}: {day} + {days} = {day + days}")
+                day += days
+            parts.append(f"{day} − {n} = {day - n}")
+    elif unit == "month" and start.day <= 28:
+        m = start.month + (n if delta > 0 else -n)
+        if delta > 0:
+            parts.append(f"month {start.month} + {n} = {m}")
+            if m > 12:
+                parts.append(f"{m} − 12 = {m - 12}, in {start.year + 1}")
+        elif m >= 1:
+            parts.append(f"month {start.month} − {n} = {m}")
+        else:
+            parts.append(f"month {start.month} + 12 − {n} = {m + 12}, in {start.year - 1}")
+    elif unit == "year":
+        parts.append(f"year {start.year} {'+' if delta > 0 else '−'} {n} = {start.year + (n if delta > 0 else -n)}")
+    return "; ".join(parts)
+
+
 def _arith_claim(c: _Claim, rng: random.Random, inverse: bool = False) -> str:
     if inverse:
         op, a, b, res = INVERSE_OP[c.op], c.shown, c.b, c.a
@@ -169,7 +226,11 @@ class _Writer:
         if self.is_date:
             delta, unit = c.b
             tmpl = rng.choice(DATE_STEP["today"] if c.what == "today" else DATE_STEP["step"])
-            return tmpl.format(claim=self.claim(c), span=_count(delta, unit, rng),
+            # The working follows the true shift of this step's input; a planted slip shows only in the
+            # claimed result, as when a teacher miscopies its own working.
+            work = calendar_work(c.a, delta, unit)
+            claim = f"{work}; {self.claim(c)}" if work else self.claim(c)
+            return tmpl.format(claim=claim, span=_count(delta, unit, rng),
                                dir="forward" if delta > 0 else "back")  # fmt: skip
         return rng.choice(ARITH_STEP[c.op]).format(b=_num(c.b), claim=self.claim(c))
 
@@ -469,6 +530,10 @@ class SimulatedBackend(Backend):
     @property
     def label(self) -> str:
         return f"simulated:{self.model}"
+
+    def key(self, req: Request) -> str:
+        return request_key(self.name, f"{self.model}@writer{WRITER_VERSION}", req.messages,
+                           {**self.sampling_params(), **req.params}, req.sample)  # fmt: skip
 
     def rates(self, style: str) -> tuple[float, float]:
         over = self.config.style_rates.get(style, {})
