@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qrdistill.backends import hf, openai_backend, simulated, vllm_backend  # noqa: F401  (registration)
+from qrdistill.backends import file_backend, hf, openai_backend, simulated, vllm_backend  # noqa: F401  (registration)
 from qrdistill.backends.base import BACKENDS, Backend, Completion, Request, request_key
 
 

@@ -246,7 +246,7 @@ def format_validation_error(err: ValidationError, source: str | None = None, tex
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         # Discriminated unions insert the tag into the location; drop it for the user.
-        loc_clean = tuple(x for x in loc if x not in {"openai", "hf", "vllm", "simulated", "llm", "steps", "none"})
+        loc_clean = tuple(x for x in loc if x not in {"openai", "hf", "vllm", "simulated", "file", "llm", "steps", "none"})
         field = ".".join(str(x) for x in loc_clean) or "(top level)"
         where = source or "config"
         line = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -141,8 +141,70 @@ class SimulatedBackendConfig(_BackendBase):
     latency: float = Field(0.0, ge=0, description="Seconds each simulated call takes (for tests of resume).")
 
 
+FileFormat = Literal["paths", "generic", "distilabel", "openr1", "messages"]
+FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
+
+
+class FileColumns(BaseModel):
+    """Where a `generic` row keeps each field (a column name; "a.b" reaches into a nested object)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field("id", description="Question id (the task's record id, or `<task>/<id>` as in "
+                           "paths.jsonl's qid); None: match by question text only.")
+    question: str | None = Field("question", description="Question text, matched after normalisation "
+                                 "(Unicode NFKC, case and whitespace folded); None: match by id only.")
+    response: str = Field("response", description="The reasoning path's text.")
+    style: str | None = Field(None, description="Style label (a name of qrdistill.styles.STYLES, a custom "
+                              "style, or a title such as Chain-of-Thought); None: generate.teacher.style.")
+    sample: str | None = Field(None, description="Sample index (an integer >= 0); None: the rows of one "
+                               "question and style are numbered 0, 1, ... in file order.")
+    task: str | None = Field(None, description="Task name; None: generate.teacher.task, else the config's "
+                             "only task, else found from the id or text.")
+    model: str | None = Field(None, description="Name of the model that wrote the path (kept in meta.imported).")
+
+
+class FileBackendConfig(_BackendBase):
+    """Reasoning paths imported from a file or dataset instead of asked of a model."""
+
+    kind: Literal["file"] = "file"
+    model: str = Field("imported", description="Name the imported calls are stored under (their token counts "
+                       "are 0, so they cost nothing at any price); no model is called.")
+    path: str = Field(min_length=1, description="A JSONL, JSON or Parquet file, a run dir (its paths.jsonl), "
+                      "a `datasets` save_to_disk folder, or a hub dataset id.")
+    format: FileFormat = Field(
+        description="paths: qrdistill's own paths.jsonl; generic: any columns (see `columns`); distilabel: "
+        "instruction / generation / model_name; openr1: problem / generations (one sample each); messages: "
+        "a conversation under `messages` (role/content) or `conversations` (ShareGPT from/value).",
+    )
+    split: str = Field("train", description="Split of a dataset folder or hub dataset that holds several.")
+    columns: FileColumns = Field(default_factory=FileColumns, description="format generic: the column names.")
+    style: str = Field("cot", description="Style of the paths whose format or row gives no style label.")
+    task: str | None = Field(None, description="Task of every row (a name in `tasks`), where the rows do not "
+                             "say; unset: the config's only task, else found from each row's id or text.")
+    match: Literal["auto", "id", "question"] = Field(
+        "auto", description="How rows find their question: by id, by normalised question text, or auto (the "
+        "id where the row has one, else the text; a row with both is checked to agree).",
+    )
+    unmatched: Literal["error", "skip"] = Field(
+        "error", description="A row that answers nothing this run asks for (a question not loaded, a style "
+        "not in generate.styles, a sample >= generate.samples_per_style): error, or skip it (counted).",
+    )
+    missing: Literal["skip", "error"] = Field(
+        "skip", description="A planned question x style x sample with no row: skip it (counted in the "
+        "summary as missing_paths), or error.",
+    )
+
+    @model_validator(mode="after")
+    def _columns_for_generic(self) -> FileBackendConfig:
+        if self.format != "generic" and "columns" in self.model_fields_set:
+            raise ValueError(f"columns applies to format generic only (format is {self.format}); the "
+                             f"{self.format} format has fixed field names")
+        return self
+
+
 BackendConfig = Annotated[
-    OpenAIBackendConfig | HFBackendConfig | VLLMBackendConfig | SimulatedBackendConfig,
+    OpenAIBackendConfig | HFBackendConfig | VLLMBackendConfig | SimulatedBackendConfig | FileBackendConfig,
     Field(discriminator="kind"),
 ]
 

@@ -99,6 +99,8 @@ def path_meta(record: Any, completion: Any) -> dict[str, Any]:
         meta["difficulty"] = record.meta["difficulty"]
     if "planted" in (completion.meta or {}):
         meta["planted"] = completion.meta["planted"]
+    if "imported" in (completion.meta or {}):
+        meta["imported"] = completion.meta["imported"]  # where a `file` teacher's path came from
     meta["record"] = record.meta
     if completion.finish_reason:
         meta["finish_reason"] = completion.finish_reason
@@ -192,6 +194,19 @@ def _plan(cfg: Any, styles: dict[str, str], loaded: list[tuple[Any, list[Any]]])
     return plan
 
 
+def _answerable(backend: Any, plan: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
+    """The plan less the paths a backend answering from data has no row for (kind: file), and their count.
+
+    Such a backend (`prepare`) reads and checks its data against the whole plan first, so a bad row
+    raises before the store or paths.jsonl is touched."""
+    prepare = getattr(backend, "prepare", None)
+    if prepare is None:
+        return plan, 0
+    answerable = {id(req) for req in prepare([p[-1] for p in plan])}
+    kept = [p for p in plan if id(p[-1]) in answerable]
+    return kept, len(plan) - len(kept)
+
+
 def _dry_run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     """What `_run` would ask and what it would cost, printed; no call is issued and nothing is written."""
     from qrdistill import cost
@@ -201,7 +216,7 @@ def _dry_run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
     styles, loaded = _load(cfg, limit)
     backend = cost.key_backend(gen.teacher, "generate.teacher")
     try:
-        plan = _plan(cfg, styles, loaded)
+        plan, _ = _answerable(backend, _plan(cfg, styles, loaded))
         calls = [cost.PlannedCall(backend.key(req), task.name, style, req.messages,
                                   int(req.params.get("max_tokens") or gen.teacher.max_tokens))
                  for task, _, style, _, _, _, req in plan]
@@ -240,7 +255,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
     if gen.samples_per_style > 1 and gen.teacher.temperature == 0:
         log.warning("generate.samples_per_style is %d but generate.teacher.temperature is 0: a deterministic "
                     "teacher writes the same path for every sample", gen.samples_per_style)
-    plan = _plan(cfg, styles, loaded)
+    plan, missing = _answerable(backend, _plan(cfg, styles, loaded))
 
     n_questions = sum(len(r) for _, r in loaded)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +322,7 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
         "questions": n_questions,
         "styles": list(styles),
         "samples_per_style": gen.samples_per_style,
-        "expected_paths": len(plan),
+        "expected_paths": len(plan) + missing,
         "paths": len(rows),
         "failed_calls": failed,
         "teacher": backend.label,
@@ -318,6 +333,8 @@ def _run(cfg: Any, run_dir: Path, limit: int | None, rebuild_store: bool = False
         "accuracy_by_style": {s: round(c / n, 4) if n else None for s, (n, c) in per_style.items()},
         "paths_file": str(run_dir / PATHS_FILE),
     }
+    if missing:
+        summary["missing_paths"] = missing  # planned paths the teacher's data has no row for (skipped)
     if price is not None:
         summary["cost_usd"] = {"this_run": round(spent_after - spent_before, 6), "stored_total": round(spent_after, 6)}
     if gate is not None:
@@ -349,6 +366,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"  calls: {s['calls_issued']} issued, {s['calls_cached']} cached (already stored), "
           f"{s['failed_calls']} failed; tokens this run: {s['tokens_this_run']['prompt']} prompt + "
           f"{s['tokens_this_run']['completion']} completion")
+    if s.get("missing_paths"):
+        print(f"  {s['missing_paths']} planned paths have no row in the teacher's data (skipped)")
     if "cost_usd" in s:
         print(f"  cost: {usd(s['cost_usd']['this_run'])} this run, {usd(s['cost_usd']['stored_total'])} for every "
               f"teacher call stored")
