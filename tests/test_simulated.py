@@ -96,11 +96,12 @@ def test_date_steps_show_their_calendar_working_and_the_judge_checks_it() -> Non
     from qrdistill.judges.steps import arithmetic_claims, verdict_for
 
     assert calendar_work(dt.date(2014, 7, 18), -25, "day") == (
-        "borrow the 30 days of June 2014: 18 + 30 = 48; 48 − 25 = 23")
+        "day 18 − 25: borrow the 30 days of June 2014, 18 + 30 = 48; 48 − 25 = 23")
+    assert calendar_work(dt.date(2014, 7, 18), -5, "day") == "day 18 − 5 = 13"
     assert calendar_work(dt.date(2024, 1, 30), 6, "week") == (
         "6 weeks = 6 × 7 = 42 days; day 30 + 42 = 72; January 2024 has 31 days: 72 − 31 = 41; "
         "February 2024 has 29 days: 41 − 29 = 12")
-    assert calendar_work(dt.date(2021, 2, 5), -4, "month") == "month 2 + 12 − 4 = 10, in 2020"
+    assert calendar_work(dt.date(2021, 2, 5), -4, "month") == "month 2 − 4: borrow a year, 2 + 12 − 4 = 10, in 2020"
     assert calendar_work(dt.date(2021, 1, 31), 1, "month") == ""  # ambiguous: no working
     backend = get_backend(SimulatedBackendConfig(wrong_answer_rate=0.0, spurious_step_rate=0.0))
     got = _run(backend, _requests("procedural_date", 40, styles=("cot", "vanilla", "backward")))

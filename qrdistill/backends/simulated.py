@@ -123,13 +123,15 @@ def _month_name(year: int, month: int) -> str:
 def calendar_work(start: dt.date, delta: int, unit: str) -> str:
     """The calendar arithmetic behind one date shift, in small integer steps a student can copy.
 
-    "borrow the 30 days of June 2014: 18 + 30 = 48; 48 − 25 = 23" for
-    07/18/2014 - 25 days. Every step is an `a op b = c` claim that the `steps` judge recomputes,
-    so a miscounted month fails the path the same way a wrong date claim does. Shifts that the
-    calendar makes ambiguous (a month shift from day > 28) get no working.
+    "day 18 − 25: borrow the 30 days of June 2014, 18 + 30 = 48; 48 − 25 = 23" for 07/18/2014 - 25
+    days. Both directions open the same way ("day 18 −", "day 18 +"), so the sign is the one token
+    that follows the direction the step names. Every step is an `a op b = c` claim that the `steps`
+    judge recomputes, so a miscounted month fails the path the same way a wrong date claim does.
+    Shifts that the calendar makes ambiguous (a month shift from day > 28) get no working.
     """
     parts: list[str] = []
     n = abs(delta)
+    sign = "+" if delta > 0 else "−"
     if unit == "week":
         parts.append(f"{n} {'week' if n == 1 else 'weeks'} = {n} × 7 = {7 * n} days")
         unit, n = "day", 7 * n
@@ -143,25 +145,28 @@ def calendar_work(start: dt.date, delta: int, unit: str) -> str:
                 parts.append(f"{_month_name(y, m)} has {days} days: {total} − {days} = {total - days}")
                 total -= days
                 y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+        elif day > n:
+            parts.append(f"day {day} − {n} = {day - n}")
         else:
+            borrows = []
             while day <= n:
                 y, m = (y - 1, 12) if m == 1 else (y, m - 1)
                 days = _month_days(y, m)
-                parts.append(f"borrow the {days} days of {_month_name(y, m)}: {day} + {days} = {day + days}")
+                borrows.append(f"borrow the {days} days of {_month_name(y, m)}, {day} + {days} = {day + days}")
                 day += days
+            parts.append(f"day {start.day} − {n}: " + "; ".join(borrows))
             parts.append(f"{day} − {n} = {day - n}")
     elif unit == "month" and start.day <= 28:
         m = start.month + (n if delta > 0 else -n)
-        if delta > 0:
-            parts.append(f"month {start.month} + {n} = {m}")
-            if m > 12:
-                parts.append(f"{m} − 12 = {m - 12}, in {start.year + 1}")
-        elif m >= 1:
-            parts.append(f"month {start.month} − {n} = {m}")
+        if 1 <= m <= 12:
+            parts.append(f"month {start.month} {sign} {n} = {m}")
+        elif m > 12:
+            parts.append(f"month {start.month} + {n} = {m}; {m} − 12 = {m - 12}, in {start.year + 1}")
         else:
-            parts.append(f"month {start.month} + 12 − {n} = {m + 12}, in {start.year - 1}")
+            parts.append(f"month {start.month} − {n}: borrow a year, {start.month} + 12 − {n} = {m + 12}, "
+                         f"in {start.year - 1}")  # fmt: skip
     elif unit == "year":
-        parts.append(f"year {start.year} {'+' if delta > 0 else '−'} {n} = {start.year + (n if delta > 0 else -n)}")
+        parts.append(f"year {start.year} {sign} {n} = {start.year + (n if delta > 0 else -n)}")
     return "; ".join(parts)
 
 
