@@ -100,7 +100,7 @@ def test_kept_paths_load_back_as_training_sees_them(run_dir, tmp_path):
             assert row["cache_key"] == src["key"] and row["teacher_prompt"] == src["prompt"]
             assert row["teacher_model"] == "simulated-teacher" and row["teacher"] == src["teacher"]
             assert row["judge_verdict"] == "valid" and row["judge_reason"] == src["judge"]["reason"]
-            assert row["outcome"] == "kept" and row["contaminated"] is None
+            assert row["outcome"] == "kept" and row["contaminated"] is False  # checked, clean
             comp = store.get(src["key"])
             assert row["usage"] == {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
             assert row["usage"]["completion_tokens"] > 0
@@ -293,6 +293,8 @@ def test_contaminated_column_says_true_false_or_unknown(run_dir, tmp_path):
     rows = rows_of(run / "filtered.jsonl")
     rows[0]["contaminated"] = {"task": "date", "qid": "date/17", "method": "ngram", "score": 0.93}
     rows[1]["contaminated"] = None  # checked, clean
+    for row in rows[2:]:
+        row.pop("contaminated", None)  # written before decontamination existed: unknown
     (run / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     export_dataset(run, tmp_path / "out", all_paths=True)
     assert load(tmp_path / "out")["contaminated"] == [True, False] + [None] * (len(rows) - 2)

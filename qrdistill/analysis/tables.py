@@ -869,7 +869,7 @@ def filter_rows(run: RunLogs) -> list[dict[str, Any]]:
     rep = (run.filter_report or {}).get("by_task_style")
     if rep:
         # Columns the filter writes only when they occur (an unverifiable answer check, a failed program run).
-        optional = [k for k in ("unverifiable", "execution_failed")
+        optional = [k for k in ("unverifiable", "execution_failed", "contaminated", "duplicate")
                     if any(k in c for styles in rep.values() for c in styles.values())]
         return [{"task": t, "style": st, "paths": c.get("total"), "kept": c.get("kept"),
                  "wrong_answer": c.get("wrong_answer"), "judged_invalid": c.get("judged_invalid"),

@@ -9,7 +9,7 @@ the model that wrote it.
 
 Sources: a `.jsonl`, `.json` or `.parquet` file; a run dir (its `paths.jsonl`); a folder written by
 `datasets`' `save_to_disk` (`split` picks one of a DatasetDict), or one holding a file per split; or
-a hub dataset id. Formats (what a row holds):
+a hub dataset id. `path` may list several, read in order as one pool. Formats (what a row holds):
 
 - `paths`: qrdistill's own paths.jsonl rows (`qid`, `style`, `sample`, `response`; `question`,
   `teacher` and `meta.planted` are kept when present);
@@ -18,7 +18,15 @@ a hub dataset id. Formats (what a row holds):
 - `distilabel`: `instruction`, `generation`, `model_name`;
 - `openr1`: `problem` and a `generations` list, each element one sample;
 - `messages`: one user turn (the question) and one assistant turn (the path) under `messages`
-  (role/content) or `conversations` (ShareGPT from/value); system turns are ignored.
+  (role/content) or `conversations` (ShareGPT from/value); system turns are ignored;
+- `strategyqa_human`: human StrategyQA reasoning: a StrategyQA row (`question`, `answer`, `facts`,
+  `decomposition`) gives a `fact` and a `cot` path, a BIG-bench strategyqa row (`input`,
+  `target_scores`, `target`) a `vanilla` one;
+- `gsm8k_human`: a GSM8K row's human solution (`question`, `answer`), its calculator annotations made
+  readable, as one path of `style`.
+
+The human formats' texts (`qrdistill.backends.human_pools`) end in the task's answer line and match
+their question by its text; meta.imported names the field a path was made from.
 
 A row finds its question by id, or by its text after `normalize_question` (the record's question,
 its prompt with options, or the very prompt qrdistill would send for a style all match); with
@@ -87,6 +95,8 @@ class Imported:
     sample: int | None = None  # None: numbered in file order
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # meta carried into paths.jsonl (planted)
+    origin: dict[str, Any] = field(default_factory=dict)  # more provenance for meta.imported (source field)
+    file: str | None = None  # the source in `path` it was read from (set by FileBackend.prepare)
 
     def error(self, msg: str) -> DataError:
         return DataError(f"{self.where}: {msg}")
@@ -248,12 +258,39 @@ def _messages_row(row: Row, cfg: Any) -> list[Imported]:
                      model=row.get("model", "model_name", default=None))]
 
 
+#: What the human formats record as the writer of their paths.
+HUMAN = "human"
+
+
+def _human(row: Row, paths: list[Any]) -> list[Imported]:
+    out = []
+    for p in paths:
+        origin = {"field": p.field, **({"id": p.source_id} if p.source_id is not None else {})}
+        out.append(Imported(where=row.where, response=p.response, question=p.question, style=p.style,
+                            model=HUMAN, origin=origin))
+    return out
+
+
+def _strategyqa_human_row(row: Row, cfg: Any) -> list[Imported]:
+    from qrdistill.backends.human_pools import strategyqa_paths
+
+    return _human(row, strategyqa_paths(row))
+
+
+def _gsm8k_human_row(row: Row, cfg: Any) -> list[Imported]:
+    from qrdistill.backends.human_pools import gsm8k_paths
+
+    return _human(row, gsm8k_paths(row))
+
+
 FORMAT_READERS: dict[str, Callable[[Row, Any], list[Imported]]] = {
     "paths": _paths_row,
     "generic": _generic_row,
     "distilabel": _distilabel_row,
     "openr1": _openr1_row,
     "messages": _messages_row,
+    "strategyqa_human": _strategyqa_human_row,
+    "gsm8k_human": _gsm8k_human_row,
 }
 
 
@@ -378,8 +415,27 @@ def _find_by_id(item: Imported, index: PlanIndex, task: str | None) -> tuple[str
                 f"loads (tasks.*.split / limit / difficulty choose them)")
 
 
-def _find_by_text(item: Imported, index: PlanIndex, task: str | None) -> tuple[str, str]:
+def _copies(hits: set[tuple[str, str]], index: PlanIndex) -> list[tuple[str, str]] | None:
+    """The hits in the task's order when they are one question the task lists more than once, else None."""
+    tasks = {t for t, _ in hits}
+    if len(tasks) != 1:
+        return None
+    (task,) = tasks
+    records = [index.records[task][rid] for _, rid in hits]
+    if len({(normalize_question(r.question), tuple(r.choices)) for r in records}) != 1:
+        return None
+    order = {rid: i for i, rid in enumerate(index.records[task])}
+    return sorted(hits, key=lambda h: order[h[1]])
+
+
+def _find_by_text(item: Imported, index: PlanIndex, task: str | None,
+                  taken: Callable[[tuple[str, str]], bool] | None = None) -> tuple[str, str]:
     hits = {h for h in index.by_text.get(normalize_question(item.question), ()) if task in (None, h[0])}  # type: ignore[arg-type]
+    copies = _copies(hits, index) if len(hits) > 1 else None
+    if copies is not None:
+        # The task lists this question more than once (BIG-bench strategyqa does, as two records): its rows
+        # answer the copies in turn, and a row past the last copy is that copy's next sample.
+        return next((h for h in copies if taken is None or not taken(h)), copies[-1])
     if len(hits) > 1:
         names = ", ".join(f"{t}/{i}" for t, i in sorted(hits))
         raise item.error(f"the question text matches several questions ({names}); give the rows ids")
@@ -390,8 +446,9 @@ def _find_by_text(item: Imported, index: PlanIndex, task: str | None) -> tuple[s
     return next(iter(hits))
 
 
-def _locate(item: Imported, index: PlanIndex, cfg: Any) -> tuple[str, str]:
-    """(task, record id) of the question a row answers."""
+def _locate(item: Imported, index: PlanIndex, cfg: Any,
+            taken: Callable[[tuple[str, str]], bool] | None = None) -> tuple[str, str]:
+    """(task, record id) of the question a row answers; `taken`: whether a question already has this row's path."""
     task = item.task or cfg.task
     if task is not None and task not in index.records:
         raise _Skip("task not in config", f"task {task!r} is not among this config's tasks "
@@ -413,7 +470,7 @@ def _locate(item: Imported, index: PlanIndex, cfg: Any) -> tuple[str, str]:
         return found
     if item.question is None:
         raise item.error("missing question text (generate.teacher.match is question)")
-    return _find_by_text(item, index, task)
+    return _find_by_text(item, index, task, taken)
 
 
 def match_paths(items: Sequence[Imported], index: PlanIndex, cfg: Any) -> tuple[dict[Slot, Imported], Counter]:
@@ -432,6 +489,10 @@ def match_paths(items: Sequence[Imported], index: PlanIndex, cfg: Any) -> tuple[
     numbered: Counter = Counter()
     skipped: Counter = Counter()
     skipped_examples: list[str] = []
+
+    def has_path(question: tuple[str, str], style: str) -> bool:
+        return numbered[(*question, style)] > 0 or any((*question, style, k) in answers for k in range(index.samples))
+
     for item in items:
         label = item.style
         style = default_style if label is None else styles.get(label.strip().casefold())
@@ -439,7 +500,7 @@ def match_paths(items: Sequence[Imported], index: PlanIndex, cfg: Any) -> tuple[
             raise item.error(f"unknown style {label!r} (known: {', '.join(sorted(set(styles.values())))}; "
                              f"custom styles must be listed in generate.styles)")
         try:
-            task, rid = _locate(item, index, cfg)
+            task, rid = _locate(item, index, cfg, lambda q, s=style: has_path(q, s))
             if style not in index.styles:
                 raise _Skip("style not in generate.styles", f"style {style!r} is not in generate.styles "
                             f"({', '.join(index.styles)})")
@@ -467,7 +528,8 @@ def match_paths(items: Sequence[Imported], index: PlanIndex, cfg: Any) -> tuple[
                 raise item.error(f"{skip}; set generate.teacher.unmatched: skip to import only the rows that "
                                  f"match this run's questions, styles and samples") from None
             skipped[skip.reason] += 1
-            if len(skipped_examples) < EXAMPLES:
+            # One example per row: a row of a human format gives several paths, skipped for the same reason.
+            if len(skipped_examples) < EXAMPLES and not any(e.startswith(f"{item.where}: ") for e in skipped_examples):
                 skipped_examples.append(f"{item.where}: {skip}")
             continue
         answers[slot] = item
@@ -495,8 +557,13 @@ class FileBackend(Backend):
         self.missing: list[Slot] = []
 
     @property
+    def sources(self) -> list[str]:
+        path = self.config.path
+        return [path] if isinstance(path, str) else list(path)
+
+    @property
     def label(self) -> str:
-        return f"file:{Path(self.config.path).name or self.config.path}"
+        return "file:" + "+".join(Path(p).name or p for p in self.sources)
 
     def prepare(self, requests: Sequence[Request]) -> list[Request]:
         """Read and check the whole source against the stage's whole plan; the requests it can answer.
@@ -504,10 +571,15 @@ class FileBackend(Backend):
         Called before the store or paths.jsonl is opened, so a bad row changes nothing on disk.
         """
         index = PlanIndex(requests)
-        items = parse_rows(read_source(self.config.path, self.config.split), self.config)
+        items = []
+        for source in self.sources:
+            read = parse_rows(read_source(source, self.config.split), self.config)
+            for item in read:
+                item.file = source
+            items += read
         self._answers, self.skipped = match_paths(items, index, self.config)
         self.missing = [slot for slot in index.requests if slot not in self._answers]
-        where = self.config.path
+        where = " + ".join(self.sources)
         if not self._answers:
             raise DataError(f"{where}: no row answers any path this run plans ({index.describe()}, styles "
                             f"{', '.join(index.styles)}, {index.samples} samples each; {len(items)} paths read)")
@@ -531,17 +603,20 @@ class FileBackend(Backend):
         item = self._row(req)
         params = {**self.sampling_params(), **req.params}
         if item is not None:
-            digest = hashlib.sha256(json.dumps([item.response, item.where, item.model, item.extra],
-                                               sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+            # `origin` only where a format sets it, so the keys of paths imported before it existed stay the same.
+            stated = [item.response, item.where, item.model, item.extra] + ([item.origin] if item.origin else [])
+            digest = hashlib.sha256(json.dumps(stated, sort_keys=True, ensure_ascii=False,
+                                               default=str).encode()).hexdigest()
             params["imported"] = digest
         return request_key(self.name, self.model, req.messages, params, req.sample)
 
     def complete(self, req: Request) -> Completion:
         item = self._row(req)
         if item is None:
-            return Completion(text=None, status="error", error=f"no row of {self.config.path} answers this path")
-        source = {"format": self.config.format, "file": str(self.config.path), "row": item.where,
-                  "model": item.model}
+            return Completion(text=None, status="error",
+                              error=f"no row of {' + '.join(self.sources)} answers this path")
+        source = {"format": self.config.format, "file": str(item.file or self.sources[0]), "row": item.where,
+                  "model": item.model, **item.origin}
         return Completion(text=item.response, prompt_tokens=0, completion_tokens=0, latency=0.0,
                           meta={"imported": source, **item.extra})
 

@@ -141,8 +141,10 @@ class SimulatedBackendConfig(_BackendBase):
     latency: float = Field(0.0, ge=0, description="Seconds each simulated call takes (for tests of resume).")
 
 
-FileFormat = Literal["paths", "generic", "distilabel", "openr1", "messages"]
+FileFormat = Literal["paths", "generic", "distilabel", "openr1", "messages", "strategyqa_human", "gsm8k_human"]
 FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
+#: Formats whose rows carry human annotations of a benchmark, matched to their question by its text.
+HUMAN_FORMATS = ("strategyqa_human", "gsm8k_human")
 
 
 class FileColumns(BaseModel):
@@ -170,12 +172,17 @@ class FileBackendConfig(_BackendBase):
     kind: Literal["file"] = "file"
     model: str = Field("imported", description="Name the imported calls are stored under (their token counts "
                        "are 0, so they cost nothing at any price); no model is called.")
-    path: str = Field(min_length=1, description="A JSONL, JSON or Parquet file, a run dir (its paths.jsonl), "
-                      "a `datasets` save_to_disk folder, or a hub dataset id.")
+    path: str | list[str] = Field(
+        description="A JSONL, JSON or Parquet file, a run dir (its paths.jsonl), a `datasets` save_to_disk "
+        "folder, or a hub dataset id; or a list of them, read in order as one pool (all in `format`).",
+    )
     format: FileFormat = Field(
         description="paths: qrdistill's own paths.jsonl; generic: any columns (see `columns`); distilabel: "
         "instruction / generation / model_name; openr1: problem / generations (one sample each); messages: "
-        "a conversation under `messages` (role/content) or `conversations` (ShareGPT from/value).",
+        "a conversation under `messages` (role/content) or `conversations` (ShareGPT from/value); "
+        "strategyqa_human: StrategyQA rows' facts (style fact) and decomposition (style cot), BIG-bench "
+        "strategyqa rows' target explanation (style vanilla); gsm8k_human: GSM8K rows' human solution with "
+        "its calculator annotations made readable (style `style`). See qrdistill.backends.human_pools.",
     )
     split: str = Field("train", description="Split of a dataset folder or hub dataset that holds several.")
     columns: FileColumns = Field(default_factory=FileColumns, description="format generic: the column names.")
@@ -195,11 +202,31 @@ class FileBackendConfig(_BackendBase):
         "summary as missing_paths), or error.",
     )
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _sources(cls, v: object) -> object:
+        # Before the union, so a bad value gets one message, not one per branch of str | list[str].
+        paths = v if isinstance(v, list) else [v]
+        if not paths:
+            raise ValueError("give a source: a file, folder or hub dataset id, or a non-empty list of them")
+        for p in paths:
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"expects a file, folder or hub dataset id (a non-empty text), or a list of them; "
+                                 f"got {p!r}")
+        return v
+
     @model_validator(mode="after")
     def _columns_for_generic(self) -> FileBackendConfig:
         if self.format != "generic" and "columns" in self.model_fields_set:
             raise ValueError(f"columns applies to format generic only (format is {self.format}); the "
                              f"{self.format} format has fixed field names")
+        if self.format == "strategyqa_human" and "style" in self.model_fields_set:
+            raise ValueError("style does not apply to format strategyqa_human: its paths have the style of the "
+                             "field they come from (facts: fact, decomposition: cot, target: vanilla); choose "
+                             "among them with generate.styles")
+        if self.format in HUMAN_FORMATS and self.match == "id":
+            raise ValueError(f"format {self.format} matches rows to questions by their text (the benchmark's "
+                             f"files and the task number questions differently); set match: auto or question")
         return self
 
 

@@ -67,6 +67,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "prompt": (str, type(None)), "sample": (int,), "teacher": (str, type(None)), "key": (str, type(None)),
     "judge": (dict, type(None)), "execution": (dict, type(None)), "meta": (dict, type(None)),
     "gold_text": (str, type(None)), "pred": (str, type(None)), "check": (str, type(None)),
+    "contaminated": (dict, type(None)), "duplicate_of": (dict, type(None)),
 }
 _TYPE_NAMES = {str: "a string", bool: "true or false", dict: "an object", int: "an integer", type(None): "null"}
 
@@ -87,7 +88,7 @@ COLUMNS: dict[str, str] = {
     "pred": "answer extracted from the response",
     "correct": "whether the extracted answer is right (the task's own check)",
     "kept": "whether the filter kept the path",
-    "outcome": "the filter's outcome: kept, wrong_answer, judged_invalid, unparseable, ...",
+    "outcome": "the filter's outcome: kept, wrong_answer, judged_invalid, unparseable, contaminated, duplicate, ...",
     "judge_verdict": "valid, invalid or unparseable; null where the judge did not see the path",
     "judge_reason": "the judge's reason; null where the judge did not see the path",
     "execution_verdict": "program execution verdict (filter.execute_programs); null where not run",

@@ -29,6 +29,16 @@ filtered.jsonl, the verdict counts per task x style to the report's
 `execution`, and the outcome `execution_failed` to the counts. Results are
 kept in `D/executions.sqlite`, so a re-run executes only new programs.
 
+Decontamination (`filter.decontaminate`, on by default, also in the ablation): before any judging, each
+path's question is checked against every test question the config evaluates (`evaluate.tasks`, loaded
+as evaluate loads them) and `extra_eval_files`, by `qrdistill/decontam.py` (exact after normalisation,
+word n-gram coverage, fuzzy similarity). A path whose question matches gets `contaminated: {task, qid,
+method, score}` (null when clean) and is not kept, whatever its answer; of the paths with the same task,
+question and response text, the first stays and the others get `duplicate_of: {qid, style, sample}`
+(null otherwise) and are not kept. The outcomes `contaminated` and `duplicate` take precedence over the
+others, and the report's `decontamination` section counts them per task x style, per method and per
+evaluation set. Neither costs a judge call or a program run.
+
 Cost: `--dry-run` prints the judge calls a run would issue (those stored
 excluded; program paths counted as if their programs pass) with their tokens
 and cost, and writes nothing. `filter.budget_usd` caps the `llm` judge's
@@ -56,6 +66,9 @@ OUTCOMES = ("total", "wrong_answer", "judged_invalid", "unparseable", "kept")
 EXECUTION_FAILED = "execution_failed"
 #: The outcome of a path whose answer the task's check could not decide (see `_mark_unverifiable`).
 UNVERIFIABLE = "unverifiable"
+#: The outcomes of the paths decontamination drops: a question copying a test question, a copy of another path.
+CONTAMINATED = "contaminated"
+DUPLICATE = "duplicate"
 #: Fields of a paths.jsonl row the filter reads, and the JSON types they must have.
 PATH_FIELDS: dict[str, tuple[type, ...]] = {
     "qid": (str,), "task": (str,), "style": (str,), "prompt": (str,), "response": (str,), "correct": (bool,),
@@ -84,6 +97,10 @@ def is_clean(planted: Any) -> bool:
 def outcome(row: dict[str, Any]) -> str:
     if row["kept"]:
         return "kept"
+    if row.get("contaminated"):
+        return CONTAMINATED
+    if row.get("duplicate_of"):
+        return DUPLICATE
     if not row["correct"]:
         return UNVERIFIABLE if row.get("check") == UNVERIFIABLE else "wrong_answer"
     if (row.get("execution") or {}).get("verdict", "pass") != "pass":
@@ -94,7 +111,11 @@ def outcome(row: dict[str, Any]) -> str:
     return "judged_invalid"
 
 
-def count_outcomes(rows: list[dict[str, Any]], by: str | None) -> dict[str, dict[str, int]]:
+def count_outcomes(rows: list[dict[str, Any]], by: str | None,
+                   pool: list[dict[str, Any]] | None = None) -> dict[str, dict[str, int]]:
+    """Outcome counts of `rows` per value of field `by` (all together when None). The decontamination
+    columns appear where any path of `pool` (default: `rows`) has that outcome, so that every task of a
+    report has the same columns."""
     groups: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
         c = groups[r[by] if by else "all"]
@@ -103,6 +124,8 @@ def count_outcomes(rows: list[dict[str, Any]], by: str | None) -> dict[str, dict
     # The column exists only where programs were executed, so other runs' reports keep their shape.
     keys = OUTCOMES + ((EXECUTION_FAILED,) if any("execution" in r for r in rows) else ())
     keys += (UNVERIFIABLE,) if any(r.get("check") == UNVERIFIABLE for r in rows) else ()
+    keys += tuple(k for k, field in ((CONTAMINATED, "contaminated"), (DUPLICATE, "duplicate_of"))
+                  if any(r.get(field) for r in (rows if pool is None else pool)))
     return {g: {k: int(c.get(k, 0)) for k in keys} for g, c in groups.items()}
 
 
@@ -210,8 +233,9 @@ def _dry_run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
         print(f"filter --dry-run: {why}: 0 calls would be issued, nothing to pay")
         return {"stage": "filter", "calls": 0, "stored": 0, "input_tokens": 0, "output_tokens": 0,
                 "cost_usd": None, "rows": []}
+    _decontaminate(cfg, rows)
     # The paths the judge would see: a correct answer (step 1), and a program that may pass (step 1b).
-    candidates = [r for r in rows if r["correct"]]
+    candidates = [r for r in rows if r["correct"] and not _dropped(r)]
     note = None
     if fc.execute_programs.enabled:
         from qrdistill.sandbox import extract_code
@@ -281,25 +305,30 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
                         "(run `qrdistill generate` again to complete the pool)", failed, len(rows))
 
     fc = cfg.filter
+    decontamination = _decontaminate(cfg, rows)
     judge_calls: dict[str, int] = {}
     gate = None
     execution: dict[str, Any] | None = None
     judge_kind = fc.judge.kind if fc.enabled else None
     if not fc.enabled:
-        mode = "disabled (ablation 'w/o quality filter'): every path kept, no answer check, no judge"
+        but = " but those decontamination drops" if decontamination is not None else ""
+        mode = f"disabled (ablation 'w/o quality filter'): every path kept{but}, no answer check, no judge"
         for r in rows:
-            r["judge"], r["kept"] = None, True
+            r["judge"], r["kept"] = None, not _dropped(r)
     else:
         mode = "answer check only (judge: none)" if judge_kind == "none" else f"answer check + {judge_kind} judge"
         for r in rows:
             r["judge"], r["kept"] = None, False
-        correct = [r for r in rows if r["correct"]]
+        correct = [r for r in rows if r["correct"] and not _dropped(r)]
         _mark_unverifiable([r for r in rows if not r["correct"]])
         if fc.execute_programs.enabled:
             from qrdistill.sandbox import EXECUTIONS_FILE, execute_programs
 
             mode += " + program execution"
-            execution = execute_programs(rows, fc.execute_programs, run_dir / EXECUTIONS_FILE)
+            for r in rows:
+                r["execution"] = None  # a dropped path's program is not run
+            execution = execute_programs([r for r in rows if not _dropped(r)], fc.execute_programs,
+                                         run_dir / EXECUTIONS_FILE)
             # A program path whose program does not print the gold answer is not kept, and costs no judge call.
             correct = [r for r in correct if (r["execution"] or {}).get("verdict", "pass") == "pass"]
         if judge_kind == "none":
@@ -322,7 +351,8 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
         "by_task": count_outcomes(rows, "task"),
         "by_style": count_outcomes(rows, "style"),
         "by_task_style": {
-            t: count_outcomes([r for r in rows if r["task"] == t], "style") for t in dict.fromkeys(r["task"] for r in rows)
+            t: count_outcomes([r for r in rows if r["task"] == t], "style", rows)
+            for t in dict.fromkeys(r["task"] for r in rows)
         },
     }
     if judge_calls.get("batches"):
@@ -341,10 +371,15 @@ def _run(cfg: Any, run_dir: Path, limit: int | None) -> dict[str, Any]:
                                                                           cfg.prices)[0], 6)}
     if execution is not None:
         report["execution"] = execution
+    if decontamination is not None:
+        report["decontamination"] = decontamination
     if any("planted" in r["meta"] for r in rows):
         report["planted"] = planted_metrics(rows)
     atomic_write_json(run_dir / REPORT_FILE, report)
-    write_run_meta(run_dir, "filter", cfg, {"summary": {"paths": n, "kept": report["overall"]["kept"]}})
+    summary = {"paths": n, "kept": report["overall"]["kept"]}
+    if decontamination is not None:
+        summary.update(contaminated=decontamination["contaminated"], duplicates=decontamination["duplicates"])
+    write_run_meta(run_dir, "filter", cfg, {"summary": summary})
     _print_summary(report)
     failed = judge_calls.get("failed", 0) + judge_calls.get("unanswered", 0)
     if gate is not None and gate.stopped:
@@ -406,6 +441,108 @@ def _judge(cfg: Any, store_path: Path, rows: list[dict[str, Any]], tqdm: Any
     return verdicts, calls, keys, gate
 
 
+def _dropped(row: dict[str, Any]) -> bool:
+    """Whether decontamination drops the path (a contaminated question, or a duplicate path)."""
+    return bool(row.get("contaminated") or row.get("duplicate_of"))
+
+
+def _decontaminate(cfg: Any, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Set `contaminated` and `duplicate_of` on every row (filter.decontaminate) and return the report's
+    `decontamination` section; None, and the rows untouched, when it is disabled."""
+    import time
+
+    from qrdistill.decontam import ContaminationIndex, question_stem
+
+    dc = cfg.filter.decontaminate
+    if not dc.enabled:
+        return None
+    start = time.perf_counter()
+    questions, eval_sets = _eval_questions(cfg)
+    index = ContaminationIndex(questions, methods=dc.methods, ngram=dc.ngram, ngram_coverage=dc.ngram_coverage,
+                               fuzzy_threshold=dc.fuzzy_threshold, numbers_must_match=dc.numbers_must_match)
+    matches: dict[str, Any] = {}
+    first: dict[tuple[str, str, str], dict[str, Any]] = {}
+    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    by_method: Counter = Counter()
+    by_set: Counter = Counter()
+    for r in rows:
+        question = r.get("question") or r["prompt"]
+        stem = question_stem(question, r.get("choices"))
+        if stem not in matches:
+            matches[stem] = index.find_contamination(stem)
+        match = matches[stem]
+        r["contaminated"] = match.to_dict() if match is not None else None
+        r["duplicate_of"] = None
+        c = counts[r["task"]][r["style"]]
+        c["contaminated"] += match is not None
+        if match is not None:
+            by_method[match.method] += 1
+            by_set[match.task] += 1
+        elif dc.deduplicate:
+            key = (r["task"], question, r["response"].strip())
+            if key in first:
+                r["duplicate_of"] = first[key]
+                c["duplicate"] += 1
+            else:
+                first[key] = {"qid": r["qid"], "style": r["style"], "sample": r.get("sample", 0)}
+    seconds = time.perf_counter() - start
+    log.info("decontamination: %d training questions checked against %d test questions in %.2f s",
+             len(matches), len(index), seconds)
+    return {
+        "methods": list(index.methods), "ngram": dc.ngram, "ngram_coverage": dc.ngram_coverage,
+        "fuzzy_threshold": dc.fuzzy_threshold, "numbers_must_match": dc.numbers_must_match,
+        "deduplicate": dc.deduplicate, "eval_sets": eval_sets,
+        "questions_checked": len(matches), "questions_contaminated": sum(m is not None for m in matches.values()),
+        "contaminated": sum(by_method.values()),
+        "duplicates": sum(c["duplicate"] for styles in counts.values() for c in styles.values()),
+        "by_method": {m: by_method.get(m, 0) for m in index.methods},
+        "by_eval_set": {s["task"]: by_set.get(s["task"], 0) for s in eval_sets},
+        "by_task_style": {t: {st: {"contaminated": c["contaminated"], "duplicate": c["duplicate"]}
+                              for st, c in styles.items()} for t, styles in counts.items()},
+    }
+
+
+def _eval_questions(cfg: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The test questions to protect: evaluate's own (`load_eval_tasks`, without a --limit) and
+    filter.decontaminate.extra_eval_files; and a description of each set for the report."""
+    from qrdistill.decontam import EvalQuestion
+    from qrdistill.stages.evaluate import load_eval_tasks
+    from qrdistill.tasks.loading import read_rows
+
+    try:
+        tasks = load_eval_tasks(cfg, None)
+    except QRDistillError as e:
+        raise type(e)(f"filter.decontaminate: cannot load the test questions evaluate uses, to check the training "
+                      f"questions against them: {e}; fix evaluate.tasks, or set filter.decontaminate.enabled: "
+                      f"false to filter without the check") from None
+    specs = cfg.evaluate.tasks
+    questions, sets = [], []
+    for i, et in enumerate(tasks):
+        questions += [EvalQuestion(et.label, f"{et.task.name}/{r.id}", r.question) for r in et.records]
+        sets.append({"task": et.label, "split": specs[i].split if specs is not None else "test",
+                     "questions": len(et.records)})
+    for i, f in enumerate(cfg.filter.decontaminate.extra_eval_files):
+        where = f"config field filter.decontaminate.extra_eval_files.{i}"
+        label = f.name or f.path
+        try:
+            file_rows = read_rows(f.path)
+        except QRDistillError as e:
+            raise DataError(f"{where}: {e}") from None
+        if not file_rows:
+            raise DataError(f"{where}: {f.path}: no questions in the file")
+        for row in file_rows:
+            text = row.data.get(f.question_field)
+            if not isinstance(text, str) or not text.strip():
+                got = "missing" if text is None else f"{type(text).__name__} {str(text)[:40]!r}"
+                raise DataError(f"{where}: {row.where}: field {f.question_field!r} must be the question's text "
+                                f"(a non-empty string), got {got}; set question_field to the field holding it")
+            rid = row.data.get(f.id_field) if f.id_field else None
+            qid = f"{label}/{rid}" if rid not in (None, "") else row.where
+            questions.append(EvalQuestion(label, qid, text))
+        sets.append({"task": label, "file": f.path, "questions": len(file_rows)})
+    return questions, sets
+
+
 def _mark_unverifiable(rows: list[dict[str, Any]]) -> None:
     """Set `check` ("wrong" or "unverifiable") on `rows`, the paths whose answer generate's check
     did not confirm. Generate stores its verdict in `check`, and that is used as it is; a row from a
@@ -458,6 +595,13 @@ def _print_summary(report: dict[str, Any]) -> None:
     if "budget" in report:
         b = report["budget"]
         print(f"  budget: {usd(b['spent_usd'])} spent of filter.budget_usd {usd(b['budget_usd'])}")
+    if "decontamination" in report:
+        d = report["decontamination"]
+        tested = ", ".join(f"{s['task']} {s['questions']}" for s in d["eval_sets"]) or "none"
+        methods = ", ".join(f"{m} {n}" for m, n in d["by_method"].items())
+        print(f"  decontamination against {sum(s['questions'] for s in d['eval_sets'])} test questions ({tested}): "
+              f"{d['contaminated']} paths of {d['questions_contaminated']} questions contaminated ({methods}), "
+              f"{d['duplicates']} duplicate paths dropped")
     if "execution" in report:
         e = report["execution"]
         verdicts: Counter = Counter()
