@@ -129,6 +129,54 @@ def main() -> int:
                   "qrdistill run  (built-in default, no --config)", control)
 
 
+_ANSWER_DATE = re.compile(r"the answer is[^\n]*?(\d{1,2}/\d{1,2}/\d{4})", re.IGNORECASE)
+
+
+def answer_date(output: str) -> str | None:
+    """The date the last "The answer is" line states, or None."""
+    found = _ANSWER_DATE.findall(output)
+    return found[-1] if found else None
+
+
+def date_text_gains(run_dir: Path) -> list[dict]:
+    """The date task scored by the date each answer line states (= the gold option's date), each trained
+    student against its base on the same questions, and the answers the letter alone made correct.
+
+    The task's score lets the option text win over the letter, but an answer-line date that is no option
+    leaves the letter to decide; students that write one constant letter get those answers right whenever
+    the gold has that letter. This count shows how much of an accuracy that is."""
+    from qrdistill.evaluation.metrics import compare_paired
+    from qrdistill.io import read_jsonl
+
+    def rows(path: Path) -> dict[str, dict]:
+        return {r["qid"]: r for r in read_jsonl(path, required=("qid", "correct", "output", "gold"))}
+
+    out = []
+    for pred in sorted((run_dir / "eval").glob("*/procedural_date.jsonl")):
+        if pred.parent.name.startswith("base_"):
+            continue
+        bases = [b for b in (run_dir / "eval").glob("base_*/procedural_date.jsonl")]
+        train = json.loads((run_dir / "train" / "summary.json").read_text())
+        model = next((s.get("model") for s in train.get("students", []) if isinstance(s, dict)
+                      and s.get("name") == pred.parent.name), None)
+        base = next((b for b in bases if model and b.parent.name == f"base_{model}"), None)
+        if base is None:
+            continue
+        a, b = rows(pred), rows(base)
+        qids = sorted(a.keys() & b.keys())
+
+        def by_date(r: dict) -> bool:
+            return answer_date(r["output"]) == r["gold"].split()[-1]
+
+        c = compare_paired([by_date(a[q]) for q in qids], [by_date(b[q]) for q in qids])
+        letter_only = sum(bool(a[q]["correct"]) and not by_date(a[q]) for q in qids)
+        out.append({"student": pred.parent.name, "baseline": base.parent.name, "n": c["n"],
+                    "date_accuracy": c["accuracy_a"], "base_date_accuracy": c["accuracy_b"],
+                    "gain_points": 100 * c["diff"], "interval": [100 * c["ci_low"], 100 * c["ci_high"]],
+                    "mcnemar_p": c["p_value"], "correct_without_the_gold_date": letter_only})
+    return out
+
+
 def against_control(run_dir: Path, control: Path) -> list[dict]:
     """Each trained student of `run_dir` against the same student of `control`, on the questions both
     answered: accuracy of each, paired bootstrap interval of the difference, exact McNemar p."""
@@ -179,6 +227,7 @@ def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Pa
                   "sequence_lengths": train.get("sequence_lengths"), "routing_rate": train.get("routing_rate")},
         "gains": gains,
         "shortcut_baselines": summary.get("shortcut_baselines"),
+        "date_text": date_text_gains(run_dir),
         "route_spread": route_spread(run_dir),
     }
     if control is not None:
@@ -191,6 +240,11 @@ def report(run_dir: Path, log_text: str, wall: float | None, cold: bool, out: Pa
         print(f"  {g['student']:<16} {g['task']:<18} {100 * g['accuracy']:5.1f}% vs base {100 * g['base_accuracy']:5.1f}%"
               f"  gain {g['gain_points']:+.1f} [{g['gain_interval'][0]:+.1f}, {g['gain_interval'][1]:+.1f}]"
               f"  McNemar p {g['mcnemar_p']:.2g}  (strict {g['strict_gain_points']:+.1f}, p {g['strict_mcnemar_p']:.2g})")
+    for d in result["date_text"]:
+        print(f"  {d['student']:<16} by the answer line's date: {100 * d['date_accuracy']:5.1f}% vs base "
+              f"{100 * d['base_date_accuracy']:5.1f}%  gain {d['gain_points']:+.1f} [{d['interval'][0]:+.1f}, "
+              f"{d['interval'][1]:+.1f}]  McNemar p {d['mcnemar_p']:.2g}; {d['correct_without_the_gold_date']} "
+              f"scored correct without stating the gold date")
     for task, values in (summary.get("shortcut_baselines") or {}).items():
         print(f"  shortcuts on {task}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in values.items()))
     for r in result["route_spread"]:
