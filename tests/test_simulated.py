@@ -111,7 +111,7 @@ def test_date_steps_show_their_calendar_working_and_the_judge_checks_it() -> Non
         worked += bool(claims)
         assert all(c.ok for c in claims) and verdict_for(comp.text).valid, comp.text
     assert worked >= 0.9 * len(got)
-    # A miscounted month in the working fails the path.
+    # A slipped sum in the working fails the path.
     slipped = got[0][1].text
     claim = arithmetic_claims(slipped, 1e-6)[0].text
     a, b = claim.rsplit("= ", 1)

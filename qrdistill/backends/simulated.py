@@ -125,8 +125,9 @@ def calendar_work(start: dt.date, delta: int, unit: str) -> str:
 
     "day 18 − 25: borrow the 30 days of June 2014, 18 + 30 = 48; 48 − 25 = 23" for 07/18/2014 - 25
     days. Both directions open the same way ("day 18 −", "day 18 +"), so the sign is the one token
-    that follows the direction the step names. Every step is an `a op b = c` claim that the `steps`
-    judge recomputes, so a miscounted month fails the path the same way a wrong date claim does.
+    that follows the direction the step names. Every sum is an `a op b = c` claim that the `steps`
+    judge recomputes, so a slipped sum fails the path; a wrong month length ("June 2014 has 31
+    days") is not checked itself, only through the step's date claim that follows.
     Shifts that the calendar makes ambiguous (a month shift from day > 28) get no working.
     """
     parts: list[str] = []
