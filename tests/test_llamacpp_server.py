@@ -64,7 +64,10 @@ def test_generate_and_llm_filter_through_real_llamacpp_server(server, shared_dat
         "run_dir": str(run_dir),
         "tasks": [{"name": "gsm8k", "split": "test", "path": str(data)}],
         "generate": {"teacher": _backend(server, max_tokens=48), "styles": ["cot", "program"]},
-        "filter": {"judge": {"kind": "llm", "backend": _backend(server, max_tokens=24)}},
+        # The two questions come from GSM8K's test split, which the run would also evaluate: decontamination
+        # would drop both before the judge sees them.
+        "filter": {"judge": {"kind": "llm", "backend": _backend(server, max_tokens=24)},
+                   "decontaminate": {"enabled": False}},
     }
     cfg = RunConfig.model_validate(raw)
 
