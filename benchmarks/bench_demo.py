@@ -151,16 +151,14 @@ def date_text_gains(run_dir: Path) -> list[dict]:
     def rows(path: Path) -> dict[str, dict]:
         return {r["qid"]: r for r in read_jsonl(path, required=("qid", "correct", "output", "gold"))}
 
+    train = json.loads((run_dir / "train" / "summary.json").read_text())
+    model_of = {s.get("name"): s.get("model") for s in train.get("students", []) if isinstance(s, dict)}
     out = []
     for pred in sorted((run_dir / "eval").glob("*/procedural_date.jsonl")):
         if pred.parent.name.startswith("base_"):
             continue
-        bases = [b for b in (run_dir / "eval").glob("base_*/procedural_date.jsonl")]
-        train = json.loads((run_dir / "train" / "summary.json").read_text())
-        model = next((s.get("model") for s in train.get("students", []) if isinstance(s, dict)
-                      and s.get("name") == pred.parent.name), None)
-        base = next((b for b in bases if model and b.parent.name == f"base_{model}"), None)
-        if base is None:
+        base = run_dir / "eval" / f"base_{model_of.get(pred.parent.name)}" / "procedural_date.jsonl"
+        if not base.exists():
             continue
         a, b = rows(pred), rows(base)
         qids = sorted(a.keys() & b.keys())
