@@ -1,9 +1,8 @@
 """Simulated teacher for the procedural tasks, with known planted defects.
 
 It writes a reasoning path in the requested style from the question's true
-solution (`record.meta["solution"]`), worded alike per style or drawn per path
-(`wording`), and plants defects at configured rates so that the filter's
-precision and recall can be measured:
+solution (`record.meta["solution"]`), in varied wording, and plants defects at
+configured rates so that the filter's precision and recall can be measured:
 
 - `wrong_answer`: one step's result is miscomputed (a visibly false claim such
   as "200 - 80 = 119") and the error is carried to a wrong final answer;
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -40,8 +38,8 @@ from qrdistill.tasks.procedural import parse_date as _parse_date
 
 RATE_FIELDS = ("wrong_answer_rate", "spurious_step_rate")
 #: Part of every request key: a store filled by an older writer is not reused (or mistaken for this one's text).
-#: 2: date steps show their calendar working. 3: wording per style (`wording` is part of the key too).
-WRITER_VERSION = 3
+#: 2: date steps show their calendar working.
+WRITER_VERSION = 2
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
 OP_SYMBOLS = {"+": ["+"], "-": ["-", "−"], "*": ["×", "*", "x"], "/": ["÷", "/"]}
 INVERSE_OP = {"+": "-", "-": "+", "*": "/", "/": "*"}
@@ -68,31 +66,6 @@ def _num(x: Fraction | int) -> str:
     return f"{int(x):,}" if abs(x) >= 10000 else str(int(x))
 
 
-class _Wording:
-    """Chooses the wording of a path: drawn per path (`varied`), or fixed per style (`per_style`).
-
-    A real teacher given one style instruction words its paths alike; a student that must also learn
-    five interchangeable templates per sentence has less left for the arithmetic. `per_style` makes each
-    choice a function of the style and the place in the text (`site`), so every path of one style reads
-    the same apart from its numbers, while the styles still differ from each other.
-    """
-
-    def __init__(self, rng: random.Random, style: str, mode: str) -> None:
-        self.rng, self.style, self.mode = rng, style, mode
-
-    def _unit(self, site: str) -> float:
-        digest = hashlib.sha256(f"{self.style}:{site}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    def pick(self, site: str, options: Sequence[Any]) -> Any:
-        if self.mode == "varied":
-            return self.rng.choice(options)
-        return options[int(self._unit(site) * len(options))]
-
-    def chance(self, site: str, p: float) -> bool:
-        return (self.rng.random() if self.mode == "varied" else self._unit(site)) < p
-
-
 @dataclass
 class _Claim:
     """One computation as the path states it: `a op b = shown` (`true` is what a op b really is)."""
@@ -112,30 +85,30 @@ class _Claim:
 # ---------------------------------------------------------------- wording
 
 
-def _count(n: int, unit: str, w: _Wording) -> str:
+def _count(n: int, unit: str, rng: random.Random) -> str:
     n = abs(n)
     word = unit if n == 1 else unit + "s"
-    if n in NUMBER_WORDS and w.chance("number_words", 0.3):
+    if n in NUMBER_WORDS and rng.random() < 0.3:
         return f"{NUMBER_WORDS[n]} {word}"
     return f"{n} {word}"
 
 
-def _date_claim(c: _Claim, w: _Wording, inverse: bool = False) -> str:
+def _date_claim(c: _Claim, rng: random.Random, inverse: bool = False) -> str:
     """'03/05/2021 - 10 days = 02/23/2021' or '10 days before 03/05/2021 is 02/23/2021'."""
     delta, unit = c.b
     start, end = (c.shown, c.a) if inverse else (c.a, c.shown)
     if inverse:
         delta = -delta
-    span = _count(delta, unit, w)
-    if w.chance("date_symbols", 0.55):
-        sign = "+" if delta > 0 else w.pick("minus", ["-", "−"])
+    span = _count(delta, unit, rng)
+    if rng.random() < 0.55:
+        sign = "+" if delta > 0 else rng.choice(["-", "−"])
         return f"{_fmt_date(start)} {sign} {span} = {_fmt_date(end)}"
     rel = (
         ("after" if delta > 0 else "before")
-        if w.chance("date_after", 0.7)
+        if rng.random() < 0.7
         else ("later than" if delta > 0 else "earlier than")
     )
-    verb = w.pick("date_verb", ["is", "is", "gives", "would be"])
+    verb = rng.choice(["is", "is", "gives", "would be"])
     return f"{span} {rel} {_fmt_date(start)} {verb} {_fmt_date(end)}"
 
 
@@ -198,12 +171,12 @@ def calendar_work(start: dt.date, delta: int, unit: str) -> str:
     return "; ".join(parts)
 
 
-def _arith_claim(c: _Claim, w: _Wording, inverse: bool = False) -> str:
+def _arith_claim(c: _Claim, rng: random.Random, inverse: bool = False) -> str:
     if inverse:
         op, a, b, res = INVERSE_OP[c.op], c.shown, c.b, c.a
     else:
         op, a, b, res = c.op, c.a, c.b, c.shown
-    return f"{_num(a)} {w.pick('op' + op, OP_SYMBOLS[op])} {_num(b)} = {_num(res)}"
+    return f"{_num(a)} {rng.choice(OP_SYMBOLS[op])} {_num(b)} = {_num(res)}"
 
 
 DATE_STEP = {
@@ -242,31 +215,30 @@ FALSE_CHECK = [
 
 
 class _Writer:
-    """Renders one path; `words` chooses the wording, `rng` what varies in content (branch counts, fact order)."""
+    """Renders one path; `rng` chooses the wording."""
 
-    def __init__(self, record: Record, task: str, rng: random.Random, words: _Wording) -> None:
+    def __init__(self, record: Record, task: str, rng: random.Random) -> None:
         self.record = record
         self.task = task
         self.rng = rng
-        self.words = words
         self.is_date = task != "procedural_arith"
 
     # -- pieces
     def claim(self, c: _Claim, inverse: bool = False) -> str:
-        return (_date_claim if self.is_date else _arith_claim)(c, self.words, inverse)
+        return (_date_claim if self.is_date else _arith_claim)(c, self.rng, inverse)
 
     def step_sentence(self, c: _Claim) -> str:
-        w = self.words
+        rng = self.rng
         if self.is_date:
             delta, unit = c.b
-            tmpl = w.pick("today", DATE_STEP["today"]) if c.what == "today" else w.pick("step", DATE_STEP["step"])
+            tmpl = rng.choice(DATE_STEP["today"] if c.what == "today" else DATE_STEP["step"])
             # The working follows the true shift of this step's input; a planted slip shows only in the
             # claimed result, as when a teacher miscopies its own working.
             work = calendar_work(c.a, delta, unit)
             claim = f"{work}; {self.claim(c)}" if work else self.claim(c)
-            return tmpl.format(claim=claim, span=_count(delta, unit, w),
+            return tmpl.format(claim=claim, span=_count(delta, unit, rng),
                                dir="forward" if delta > 0 else "back")  # fmt: skip
-        return w.pick("step" + c.op, ARITH_STEP[c.op]).format(b=_num(c.b), claim=self.claim(c))
+        return rng.choice(ARITH_STEP[c.op]).format(b=_num(c.b), claim=self.claim(c))
 
     def value(self, v: Any) -> str:
         return _fmt_date(v) if self.is_date else _num(v)
@@ -310,11 +282,11 @@ class _Writer:
             }
             out += [wording[o] for o in "+-*/" if o in ops]
         self.rng.shuffle(out)
-        bullet = self.words.pick("fact_bullet", ["Fact: ", "- "])
-        return [bullet + f for f in out]
+        return [f"Fact: {f}" if self.rng.random() < 0.5 else f"- {f}" for f in out]
 
     def code(self, claims: list[_Claim]) -> list[str]:
-        var = self.words.pick("var", ["d", "day", "current"] if self.is_date else ["total", "x", "amount", "n"])
+        rng = self.rng
+        var = rng.choice(["d", "day", "current"] if self.is_date else ["total", "x", "amount", "n"])
         lines = []
         if self.is_date:
             lines += [
@@ -345,14 +317,14 @@ class _Writer:
     # -- styles
     def render(self, style: str, claims: list[_Claim], extra: tuple[int, str] | None, final: Any) -> str:
         """`extra` = (after which claim, a false check sentence) for a planted spurious check."""
-        w = self.words
+        rng = self.rng
         sentences = [self.step_sentence(c) for c in claims]
         if extra is not None:
             i, sentence = extra
             sentences.insert(i + 1, sentence)
         result = self.value(final)
         if style == "vanilla":
-            lead = w.pick("lead", ["", "Let me work it out. ", "Working through the problem: "])
+            lead = rng.choice(["", "Let me work it out. ", "Working through the problem: "])
             body = lead + " ".join(sentences) + f" So the result is {result}."
         elif style == "tot":
             body = self._tot(sentences, result)
@@ -361,10 +333,12 @@ class _Writer:
             if extra is not None:
                 first_step = 4 if self.is_date else 1  # imports and the start value come first
                 code.insert(first_step + extra[0] + 1, f"# {extra[1]}")
-            intro = w.pick("intro", ["Here is a program that computes it:", "Let me write code for this.", "Code:"])
+            intro = rng.choice(
+                ["Here is a program that computes it:", "Let me write code for this.", "Code:"]
+            )
             body = f"{intro}\n```python\n" + "\n".join(code) + f"\n```\nOutput: {result}"
         elif style == "fact":
-            head = w.pick("head", ["Relevant facts:", "First, some facts I need:", "Facts:"])
+            head = rng.choice(["Relevant facts:", "First, some facts I need:", "Facts:"])
             body = head + "\n" + "\n".join(self.facts(claims)) + "\n\nReasoning:\n" + " ".join(sentences)
             body += f"\nUsing these facts, the result is {result}."
         elif style == "backward":
@@ -374,8 +348,8 @@ class _Writer:
         return body.strip() + "\n" + self.final_line(final)
 
     def _cot(self, sentences: list[str], result: str) -> str:
-        w = self.words
-        mode = w.pick("cot_mode", ["steps", "numbers", "words"])
+        rng = self.rng
+        mode = rng.choice(["steps", "numbers", "words"])
         # No opener ("Let's think step by step."): the student prompt already ends with that sentence, and
         # students trained on a response that repeats it learned to repeat it until the budget.
         lines: list[str] = []
@@ -401,7 +375,7 @@ class _Writer:
                     else "Finally,"
                 )
                 lines.append(f"{lead} {s[0].lower()}{s[1:]}")
-        lines.append(w.pick("result", [f"Therefore the result is {result}.", f"So we get {result}."]))
+        lines.append(rng.choice([f"Therefore the result is {result}.", f"So we get {result}."]))
         return "\n".join(lines)
 
     def _tot(self, sentences: list[str], result: str) -> str:
@@ -422,10 +396,11 @@ class _Writer:
             ]
         k = rng.randint(2, 3)
         chosen = rng.randrange(k)
-        w = self.words
-        lines = [w.pick("tot_head", ["Let me consider several approaches.", "Possible ways to solve this:"])]
+        lines = [rng.choice(["Let me consider several approaches.", "Possible ways to solve this:"])]
         lines += [f"Approach {i + 1}: {branches[i]}." for i in range(k)]
-        why = w.pick("tot_why", ["it is the most direct", "it has the fewest chances for error", "it is easy to verify"])
+        why = rng.choice(
+            ["it is the most direct", "it has the fewest chances for error", "it is easy to verify"]
+        )
         lines.append(f"Approach {chosen + 1} looks most promising because {why}. Following it:")
         lines += sentences
         others = [i + 1 for i in range(k) if i != chosen]
@@ -433,14 +408,14 @@ class _Writer:
         return "\n".join(lines)
 
     def _backward(self, sentences: list[str], claims: list[_Claim], result: str) -> str:
-        w = self.words
-        lines = [w.pick("forward", ["Forward reasoning:", "Forward pass:"])] + sentences
+        rng = self.rng
+        lines = [rng.choice(["Forward reasoning:", "Forward pass:"])] + sentences
         lines.append(f"Candidate answer: {result}.")
-        lines.append(w.pick("backward", ["Backward check: undo each step starting from the candidate.",
-                                         "Now verify by working backwards from the candidate."]))  # fmt: skip
+        lines.append(rng.choice(["Backward check: undo each step starting from the candidate.",
+                                 "Now verify by working backwards from the candidate."]))  # fmt: skip
         for c in reversed(claims):
             x = self.claim(c, inverse=True)
-            lines.append(w.pick("undo", [f"Undoing it: {x}.", f"Reversing: {x}.", f"{x[0].upper()}{x[1:]}."]))
+            lines.append(rng.choice([f"Undoing it: {x}.", f"Reversing: {x}.", f"{x[0].upper()}{x[1:]}."]))
         start = self.value(claims[0].a)
         lines.append(f"Working backwards returns to the starting value {start}, so {result} is verified.")
         return "\n".join(lines)
@@ -535,7 +510,7 @@ def plant_spurious(claims: list[_Claim], writer: _Writer, rng: random.Random) ->
     else:
         bad = c.true + (dt.timedelta(days=1) if is_date else 1)
     false = _Claim(c.a, c.b, c.op, bad, c.true, c.what)
-    sentence = writer.words.pick("false_check", FALSE_CHECK).format(claim=writer.claim(false))
+    sentence = rng.choice(FALSE_CHECK).format(claim=writer.claim(false))
     return claims, (j, sentence)
 
 
@@ -563,7 +538,7 @@ class SimulatedBackend(Backend):
         return f"simulated:{self.model}"
 
     def key(self, req: Request) -> str:
-        return request_key(self.name, f"{self.model}@writer{WRITER_VERSION}:{self.config.wording}", req.messages,
+        return request_key(self.name, f"{self.model}@writer{WRITER_VERSION}", req.messages,
                            {**self.sampling_params(), **req.params}, req.sample)  # fmt: skip
 
     def rates(self, style: str) -> tuple[float, float]:
@@ -596,9 +571,7 @@ class SimulatedBackend(Backend):
         record, style, task = self._context(req)
         key = self.key(req)
         plant_rng = random.Random(f"plant:{key}")
-        text_rng = random.Random(f"text:{key}")
-        # Each sample of a style gets its own wording, as a teacher sampled twice words its paths differently.
-        writer = _Writer(record, task, text_rng, _Wording(text_rng, f"{style}/{req.sample}", self.config.wording))
+        writer = _Writer(record, task, random.Random(f"text:{key}"))
         wrong_rate, spurious_rate = self.rates(style)
         claims = _true_claims(record, writer.is_date)
         extra = None

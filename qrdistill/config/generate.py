@@ -138,11 +138,6 @@ class SimulatedBackendConfig(_BackendBase):
         default_factory=dict,
         description="Per-style overrides, e.g. {program: {wrong_answer_rate: 0.4}}.",
     )
-    wording: Literal["per_style", "varied"] = Field(
-        "per_style", description="per_style: every path of one style is worded alike (one template per sentence, "
-        "as a teacher given one style instruction writes), only its numbers differ; varied: each path draws its "
-        "wording at random from several templates (the judge then meets many surface forms).",
-    )
     latency: float = Field(0.0, ge=0, description="Seconds each simulated call takes (for tests of resume).")
 
 
