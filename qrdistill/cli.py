@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "finished training trains in <run_dir>/train.new/, which replaces train/ only once finished)"),
         ("evaluate", "Zero-shot CoT evaluation of base and trained students (adapters only as "
                      "train/summary.json records them)"),
+        ("rl", "GRPO (TRL) on each distilled student from <run_dir>/train/adapters, rewards per rl.rewards; "
+               "adapters in <run_dir>/rl/adapters, which evaluate scores as rl:<name> (needs the rl extra)"),
         ("run", "Run every stage in order (each resumes where it stopped)"),
     ]:
         sp = sub.add_parser(name, help=help_, description=help_)
@@ -94,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quant", default="f16",
                     help="gguf: output type (f32, f16, bf16, q8_0, or a llama.cpp quantisation type)")
     sp.add_argument("--verbose", "-v", action="store_true")
+    sp = sub.add_parser(
+        "table", help="Run every row x seed of a table config (resumable; finished rows are skipped), then write "
+                      "one results table with paired tests against the reference and zero-shot rows",
+        description="Every row x seed of a table config through the pipeline, into <run_dir>/<row>/seed-<s>/, "
+                    "then <run_dir>/table/table.md (+ .csv, .json): mean and spread over seeds, paired interval "
+                    "and McNemar p against the reference and zero-shot rows, wall time, routing figures",
+    )
+    sp.add_argument("--config", "-c", required=True, help="YAML table config (configs/tables/*.yaml)")
+    sp.add_argument("--run-dir", "-d", help="Table directory (default: run_dir from the table config)")
+    sp.add_argument("--verbose", "-v", action="store_true", help="Debug logging")
+    sp.add_argument("--force", action="store_true",
+                    help="Use a table directory that is not empty and holds no qrdistill files")
     sp = sub.add_parser("analyze", help="Tables, routing plots and a report from saved logs")
     sp.add_argument("--run-dir", "-d", action="append", dest="run_dirs", help="Run directory (repeatable)")
     sp.add_argument("--config", "-c", help="YAML run config (its run_dir is analyzed)")
@@ -149,6 +163,11 @@ def dispatch(args: argparse.Namespace) -> Any:
             max_gen_toks=args.max_gen_toks, apply_chat_template=args.apply_chat_template,
             write_tasks_to=Path(args.write_tasks) if args.write_tasks else None,
         )
+    if args.command == "table":
+        from qrdistill.config.table import load_table_config
+
+        table = load_table_config(args.config, run_dir=args.run_dir)
+        return _stage("table").run(table, check_run_dir(table.run_dir, force=args.force))
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
         if args.config or not run_dirs:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from qrdistill.config.evaluate import EvaluateConfig
 from qrdistill.config.filter import FilterConfig
 from qrdistill.config.generate import GenerateConfig, TaskSpec
+from qrdistill.config.rl import RLConfig
 from qrdistill.config.train import TrainConfig
 from qrdistill.errors import ConfigError
 
@@ -101,6 +102,7 @@ class RunConfig(BaseModel):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    rl: RLConfig = Field(default_factory=RLConfig, description="`qrdistill rl`: GRPO on the distilled students.")
     evaluate: EvaluateConfig = Field(
         default_factory=EvaluateConfig,
         description="Evaluation; when the section is absent from a config, the test split of every task. The "

@@ -1,13 +1,15 @@
-"""Config of the RL stage's rewards (issue 11): the weights of the reward terms and how the structure
-term is computed. Not yet part of `RunConfig`: the `rl` section will hold it as `rl.rewards`."""
+"""Config of the RL stage (issue 11): GRPO on the distilled students (`RLConfig`, the run config's `rl`
+section), and its rewards (`RewardConfig`, `rl.rewards`): the weights of the reward terms and how the
+structure term is computed."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from qrdistill.config.generate import BackendConfig
+from qrdistill.config.generate import BackendConfig, StrictPositiveInt
 
 #: strict: YAML reads `structure: true` as a boolean, which a lax float takes as 1
 Weight = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
@@ -73,4 +75,66 @@ class RewardConfig(BaseModel):
         return v
 
 
-__all__ = ["RewardConfig", "RewardWeights"]
+#: as train.students[].name: student names are directory names
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class RLConfig(BaseModel):
+    """GRPO after distillation (`qrdistill rl`), on TRL's `GRPOTrainer`: each student starts from its distilled
+    adapter (D/train/adapters/<name>), which is also the KL reference, and answers the training questions with
+    its own prompt. Not one of `qrdistill run`'s stages: run `qrdistill rl` after `qrdistill train`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    students: list[str] | None = Field(
+        None, description="Names of the train.students to train with RL; unset: every student."
+    )
+    num_generations: int = Field(
+        4, ge=2, strict=True, description="Group size G: completions sampled per question (RLKD: 4). GRPO's "
+        "advantage is a completion's reward relative to its group, so G >= 2.",
+    )
+    questions_per_step: StrictPositiveInt = Field(
+        2, description="Questions per optimizer step and process: each step scores questions_per_step x "
+        "num_generations completions (TRL's per_device_train_batch_size).",
+    )
+    max_steps: StrictPositiveInt = Field(50, description="Optimizer steps per student (the questions repeat "
+                                                         "in a new shuffled order when they run out).")
+    max_completion_length: StrictPositiveInt | Literal["auto"] = Field(
+        "auto", description="Tokens a completion may have. auto: what evaluate's max_new_tokens: auto gives the "
+        "student (1.25 x the p99 length of its training responses, train/summary.json), else 256.",
+    )
+    lr: float = Field(1e-5, gt=0, le=1.0, allow_inf_nan=False,
+                      description="Learning rate of the LoRA weights (TRL's default schedule: linear decay to 0 "
+                                  "over max_steps). Not tuned.")
+    beta: float = Field(
+        0.04, ge=0, allow_inf_nan=False, description="KL coefficient to the reference policy, the distilled "
+        "student itself (a frozen copy of its adapter); 0 = no KL term and no reference forward.",
+    )
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Sampling temperature of completions.")
+    seed: int | None = Field(
+        None, strict=True, description="Seed of sampling and question order; unset: the run's `seed`."
+    )
+    checkpoint_every: StrictPositiveInt = Field(
+        10, description="Steps between TRL checkpoints (adapter, optimizer, scheduler, RNG); a killed run "
+        "resumes from the last one.",
+    )
+    keep_checkpoints: StrictPositiveInt = Field(2, description="Newest checkpoints kept per student.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
+    rewards: RewardConfig = Field(default_factory=RewardConfig, description="Reward terms, weights, extractor.")
+
+    @field_validator("students")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("list at least one student, or leave rl.students unset for every student")
+        bad = [n for n in v if not _NAME_RE.match(n)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a student name (letters, digits, _ and -)")
+        if len(set(v)) != len(v):
+            raise ValueError("a student is listed twice")
+        return v
+
+
+__all__ = ["RLConfig", "RewardConfig", "RewardWeights"]

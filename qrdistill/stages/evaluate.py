@@ -51,6 +51,8 @@ from qrdistill.io import atomic_write_json, atomic_write_text, read_json, write_
 log = logging.getLogger(__name__)
 
 BASE_PREFIX = "base:"
+#: a student after `qrdistill rl` (its adapter from D/rl/adapters/<name>)
+RL_PREFIX = "rl:"
 LABEL_SUFFIX = "@label"
 #: max_new_tokens: auto gives a trained student this multiple of its training responses' p99 length.
 AUTO_BUDGET_FACTOR = 1.25
@@ -299,6 +301,13 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
             f"the train stage has not run (no adapters under {adapters_dir}): "
             "evaluating the base students only (the zero-shot baseline)"
         )
+    if trained and cfg.evaluate.backend == "hf":
+        # After `qrdistill rl`: each RL-trained adapter beside its distilled student, on the same prompt and budget.
+        for t in [t for t in trained if t.prefix != "label"]:
+            rl_adapter = adapter_dir(run_dir / "rl" / "adapters" / t.student)
+            if rl_adapter is not None:
+                trained.append(EvalTarget(RL_PREFIX + t.key, t.model, rl_adapter, method=method, prefix=t.prefix,
+                                          student=t.student))
     base: list[EvalTarget] = []
     if which in ("base", "all", "auto"):
         for s in students:
@@ -615,7 +624,8 @@ def summarize(cfg, run_dir, tasks, targets, predictions, method, note) -> dict[s
         }
     comparisons = compare_with_base(targets, tasks, predictions, ecfg, cfg.seed)
     ensembles = {}
-    for label, group in (("ensemble", [t for t in targets if t.adapter is not None and t.prefix != "label"]),
+    for label, group in (("ensemble", [t for t in targets if t.adapter is not None and t.prefix != "label"
+                                       and not t.key.startswith(RL_PREFIX)]),
                          ("ensemble:base", [t for t in targets if t.adapter is None])):
         if len(group) < 2 or (ecfg.backend == "openai" and not ecfg.server.logprobs):
             continue

@@ -1,0 +1,179 @@
+"""`qrdistill table`: every row x seed of a table config through the pipeline, then one report.
+
+Layout under the table's run directory D:
+
+- D/data/<key>/: generate and filter (store.sqlite, paths.jsonl, filtered.jsonl), once per distinct data
+  config (tasks, generate, filter, evaluate, prices, seed: everything those two stages read), so rows
+  that differ only in training share one teacher bill. The completion store lives in its run
+  directory, so rows in directories of their own would each pay the teacher again.
+- D/<row>/: the row's filtered paths (copied from its data directory) and D/<row>/seed-<s>/, a
+  complete run directory per seed written by `stages.pipeline.run` (train, evaluate), plus
+  table_seed.json: the row x seed's config fingerprint, status and the seconds its attempts took;
+  D/<row>/table_row.json names the row's data directory.
+- D/table/: the report (`analysis.table_report`).
+
+A row x seed whose table_seed.json says finished with the same fingerprint and whose
+eval/summary.json exists is skipped without running a stage. Any other one goes through the
+pipeline, whose stages continue where a killed attempt stopped (train from its last checkpoint,
+evaluate from its saved predictions); later seeds start from the first seed's base-model
+predictions, as `qrdistill run --seeds` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SEED_MARKER = "table_seed.json"
+#: In a data directory: the seconds generate + filter took there; in a row directory: which data directory it reads.
+DATA_MARKER = "table_data.json"
+ROW_MARKER = "table_row.json"
+DATA_DIR = "data"
+DATA_STAGES = ("generate", "filter")
+SEED_STAGES = ("train", "evaluate")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_key(cfg: Any) -> str:
+    """Identifies what generate and filter produce: the sections they read (the filter decontaminates
+    against evaluate's test questions, so evaluate is part of it) and the data seed."""
+    dump = cfg.model_dump(mode="json")
+    return _digest({k: dump.get(k) for k in ("tasks", "generate", "filter", "evaluate", "prices", "seed")})
+
+
+def seed_fingerprint(cfg: Any, seed: int) -> str:
+    """Identifies a row x seed: its whole resolved run config at that seed, except where it lives."""
+    dump = cfg.model_dump(mode="json")
+    dump.update({"seed": seed, "seeds": None})
+    dump.pop("run_dir", None)
+    return _digest(dump)
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_finished(seed_dir: Path, fingerprint: str) -> bool:
+    marker = read_marker(seed_dir / SEED_MARKER)
+    return bool(marker and marker.get("status") == "finished" and marker.get("fingerprint") == fingerprint
+                and (seed_dir / "eval" / "summary.json").is_file())
+
+
+def _last_write(folder: Path) -> float:
+    """The newest modification time under a folder: when a killed attempt last wrote anything."""
+    newest = 0.0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def _begin(seed_dir: Path, row: str, seed: int, fingerprint: str) -> dict[str, Any]:
+    """The row x seed's marker for a new attempt; an earlier attempt that died counts up to its last write."""
+    from qrdistill.io import atomic_write_json
+
+    marker = read_marker(seed_dir / SEED_MARKER)
+    attempts: list[dict[str, Any]] = []
+    if marker and marker.get("fingerprint") == fingerprint:
+        attempts = [a for a in marker.get("attempts", []) if isinstance(a, dict)]
+        if marker.get("status") == "running" and attempts and attempts[-1].get("wall_s") is None:
+            started = float(attempts[-1].get("started", 0.0))
+            attempts[-1]["wall_s"] = max(0.0, _last_write(seed_dir) - started)
+            attempts[-1]["ended"] = "killed (counted up to its last written file)"
+    attempts.append({"started": time.time(), "wall_s": None})
+    marker = {"row": row, "seed": seed, "fingerprint": fingerprint, "status": "running", "attempts": attempts}
+    atomic_write_json(seed_dir / SEED_MARKER, marker)
+    return marker
+
+
+def _finish(seed_dir: Path, marker: dict[str, Any], seconds: float) -> None:
+    from qrdistill.io import atomic_write_json
+
+    marker["attempts"][-1].update({"wall_s": seconds, "ended": "finished"})
+    marker["status"] = "finished"
+    marker["wall_s"] = sum(float(a.get("wall_s") or 0.0) for a in marker["attempts"])
+    atomic_write_json(seed_dir / SEED_MARKER, marker)
+
+
+def _run_data(cfg: Any, stages: list[str], data_dir: Path) -> float:
+    from qrdistill.io import atomic_write_json
+    from qrdistill.stages import pipeline
+
+    t0 = time.perf_counter()
+    pipeline.run(cfg.model_copy(update={"stages": stages, "run_dir": str(data_dir), "seeds": None}), data_dir,
+                 seeds=[])
+    seconds = time.perf_counter() - t0
+    marker = read_marker(data_dir / DATA_MARKER) or {}
+    marker["runs"] = [*marker.get("runs", []), seconds]
+    marker["wall_s"] = sum(marker["runs"])
+    atomic_write_json(data_dir / DATA_MARKER, marker)
+    return seconds
+
+
+def run(table: Any, root: Path) -> dict[str, Any]:
+    """Run every unfinished row x seed of a `ResolvedTable` under `root`, then write the report."""
+    from qrdistill.analysis.table_report import build_table_report
+    from qrdistill.io import atomic_write_json
+    from qrdistill.stages import pipeline
+    from qrdistill.stages.generate import run_dir_lock
+
+    root = Path(root)
+    seeds = table.seeds
+    status: dict[str, dict[int, str]] = {}
+    with run_dir_lock(root, "table"):
+        data_done: set[str] = set()
+        for name, cfg in table.rows.items():
+            row_dir = root / name
+            fps = {s: seed_fingerprint(cfg, s) for s in seeds}
+            pending = [s for s in seeds if not is_finished(row_dir / pipeline.SEED_DIR.format(s), fps[s])]
+            status[name] = {s: ("skipped (finished)" if s not in pending else "ran") for s in seeds}
+            if not pending:
+                log.info("table: row %s: seeds %s finished earlier, skipped", name, ", ".join(map(str, seeds)))
+                continue
+            data_stages = [s for s in cfg.stages if s in DATA_STAGES]
+            if data_stages:
+                key = data_key(cfg)
+                data_dir = root / DATA_DIR / key
+                if key not in data_done:
+                    log.info("table: row %s: %s in %s", name, " + ".join(data_stages), data_dir)
+                    _run_data(cfg, data_stages, data_dir)
+                    data_done.add(key)
+                with run_dir_lock(row_dir, "table"):
+                    pipeline._share_data(data_dir, row_dir)
+                    atomic_write_json(row_dir / ROW_MARKER, {"data_dir": str(data_dir.relative_to(root))})
+            seed_cfg = cfg.model_copy(update={"stages": [s for s in cfg.stages if s in SEED_STAGES],
+                                              "run_dir": str(row_dir), "seeds": None})
+            first = row_dir / pipeline.SEED_DIR.format(seeds[0])
+            for s in pending:
+                sub = row_dir / pipeline.SEED_DIR.format(s)
+                log.info("table: row %s, seed %d (%s)", name, s, sub)
+                with run_dir_lock(sub, "table"):
+                    marker = _begin(sub, name, s, fps[s])
+                    if sub != first:
+                        # Greedy base models answer alike in every seed: evaluate reuses the rows whose keys match.
+                        pipeline._seed_base_predictions(first, sub)
+                t0 = time.perf_counter()
+                pipeline.run(seed_cfg, row_dir, seeds=[s])
+                with run_dir_lock(sub, "table"):
+                    _finish(sub, marker, time.perf_counter() - t0)
+        report = build_table_report(table, root)
+    log.info("table: %s", report["report"])
+    report["status"] = status
+    return report

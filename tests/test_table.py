@@ -1,0 +1,403 @@
+"""`qrdistill table` (issue 9, item 4): every row x seed runs, a rerun skips finished rows, a kill mid-row resumes,
+and the table has the paired columns, with values that a hand computation from the saved predictions reproduces.
+
+The end-to-end tests run a real table (zero-shot, SKD, QR-Distill; seeds 0 and 1) on the tiny students of two
+architectures: first `qrdistill table` in a subprocess, killed with SIGKILL inside QR-Distill's first seed, then
+the same command again in this process, which must skip the finished rows and resume the killed training from
+its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from train_helpers import qrdistill_cmd, subprocess_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = [0, 1]
+ROWS = ["zero_shot", "skd", "qrdistill"]
+QR_STEPS, EVERY = 12, 2
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def table_config(path: Path, root: Path, models: list[str]) -> Path:
+    llama, gpt2 = models
+    base = {
+        "seed": 0,
+        "tasks": [{"name": "procedural_date", "split": "train", "limit": 2}],
+        "generate": {"styles": ["cot", "vanilla"]},
+        "train": {
+            "students": [
+                {"name": "llama", "model": llama, "lr": 5e-3,
+                 "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+                {"name": "gpt2", "model": gpt2, "lr": 5e-3, "lora": {"r": 2, "alpha": 4, "target_modules": ["c_attn"]}},
+            ],
+            "router": {"encoder": llama}, "max_steps": 4, "checkpoint_every": EVERY, "batch_size": 2,
+            "warmup_ratio": 0.0,
+        },
+        "evaluate": {"students": "trained", "tasks": [{"name": "procedural_date", "split": "test", "limit": 3}],
+                     "max_new_tokens": 6, "bootstrap_resamples": 200},
+    }
+    table = {
+        "base": base, "seeds": SEEDS, "run_dir": str(root),
+        "rows": [
+            {"name": "zero_shot", "label": "Zero-shot", "override": {"stages": ["evaluate"],
+                                                                     "evaluate": {"students": "base"}}},
+            {"name": "skd", "label": "SKD", "override": {"train": {"method": "skd"}}},
+            # More steps, so that the kill lands between a checkpoint and the end of the training.
+            {"name": "qrdistill", "label": "QR-Distill", "override": {"train": {"max_steps": QR_STEPS}}},
+        ],
+    }
+    path.write_text(yaml.safe_dump(table, sort_keys=False))
+    return path
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """INFO records of every logger, as `qrdistill` prints them (pytest's own handlers stay in place)."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, root = Keep(level=logging.INFO), logging.getLogger()
+    before = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of every file the rows and the shared data hold (the report and lock files aside)."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")
+            if p.is_file() and p.name != ".qrdistill.lock" and p.relative_to(root).parts[0] != "table"}
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory, models):
+    from qrdistill.cli import main
+
+    base = tmp_path_factory.mktemp("table")
+    root = base / "run"
+    config = table_config(base / "table.yaml", root, models)
+    qr0 = root / "qrdistill" / "seed-0"
+    proc = subprocess.Popen(qrdistill_cmd("table", "--config", str(config)), cwd=ROOT,
+                            env={**subprocess_env(), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while not (qr0 / "train" / "checkpoints" / f"step-{EVERY}").exists():
+            assert proc.poll() is None, "the table ended before QR-Distill's first checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (qr0 / "train" / "summary.json").exists(), "the kill came too late to test anything"
+    killed = {"before": snapshot(root), "marker": json.loads((qr0 / "table_seed.json").read_text())}
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(config)]) == 0
+    return {"root": root, "config": config, "killed": killed, "logs": logs}
+
+
+def _eval(root: Path, row: str, seed: int) -> dict:
+    return json.loads((root / row / f"seed-{seed}" / "eval" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_kill_mid_row_resumes_and_finished_rows_are_not_rerun(killed_then_resumed):
+    root, logs, killed = (killed_then_resumed[k] for k in ("root", "logs", "killed"))
+    assert killed["marker"]["status"] == "running"
+    text = "\n".join(logs)
+    for row in ("zero_shot", "skd"):
+        assert f"table: row {row}: seeds 0, 1 finished earlier, skipped" in text
+    ckpts = root / "qrdistill" / "seed-0" / "train" / "checkpoints"
+    resumed = [m for m in logs if m.startswith("train: resuming from") and str(ckpts) in m]
+    assert resumed, text[-3000:]
+    # The resumed training ran each optimizer step once: the killed attempt's steps were not repeated.
+    log_rows = [json.loads(x) for x in (ckpts.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_rows] == list(range(1, QR_STEPS + 1))
+    marker = json.loads((root / "qrdistill" / "seed-0" / "table_seed.json").read_text())
+    assert marker["status"] == "finished" and len(marker["attempts"]) == 2
+    assert marker["attempts"][0]["ended"].startswith("killed") and marker["attempts"][0]["wall_s"] > 0
+    assert marker["wall_s"] == pytest.approx(sum(a["wall_s"] for a in marker["attempts"]))
+    # The rows that finished before the kill were left exactly as they were.
+    before = {k: v for k, v in killed["before"].items() if k.split("/")[0] in ("zero_shot", "skd")}
+    after = snapshot(root)
+    assert before and {k: after.get(k) for k in before} == before
+
+
+@pytest.mark.slow
+def test_every_row_and_seed_ran_with_the_data_shared(killed_then_resumed):
+    root = killed_then_resumed["root"]
+    for row in ROWS:
+        for s in SEEDS:
+            sub = root / row / f"seed-{s}"
+            summary = _eval(root, row, s)
+            marker = json.loads((sub / "table_seed.json").read_text())
+            assert marker["status"] == "finished" and marker["seed"] == s
+            if row == "zero_shot":
+                assert not (sub / "train").exists()
+                assert set(summary["students"]) == {f"base:{m}" for m in _models(root)}
+            else:
+                train = json.loads((sub / "train" / "summary.json").read_text())
+                assert train["seed"] == s and train["method"] == ("skd" if row == "skd" else "qrdistill")
+                assert train["steps"] == (4 if row == "skd" else QR_STEPS)
+                assert set(summary["students"]) == {"llama", "gpt2"}
+    # Seeds train different adapters.
+    a = (root / "qrdistill" / "seed-0" / "train" / "adapters" / "llama" / "adapter_model.safetensors").read_bytes()
+    b = (root / "qrdistill" / "seed-1" / "train" / "adapters" / "llama" / "adapter_model.safetensors").read_bytes()
+    assert a != b
+    # One generate + filter for both trained rows (their data configs are identical), copied into each row.
+    data_dirs = [p for p in (root / "data").iterdir() if p.is_dir()]
+    assert len(data_dirs) == 1 and (data_dirs[0] / "store.sqlite").is_file()
+    for row in ("skd", "qrdistill"):
+        assert (root / row / "filtered.jsonl").read_bytes() == (data_dirs[0] / "filtered.jsonl").read_bytes()
+        assert not (root / row / "store.sqlite").exists()
+    # The zero-shot row's second seed started from the first seed's greedy base predictions.
+    for p in (root / "zero_shot" / "seed-0" / "eval").glob("base_*/*.jsonl"):
+        assert (root / "zero_shot" / "seed-1" / "eval" / p.parent.name / p.name).read_text() == p.read_text()
+
+
+def _models(root: Path) -> set[str]:
+    cfg = json.loads((root / "qrdistill" / "seed-0" / "meta" / "train.json").read_text())["config"]
+    return {s["model"] for s in cfg["train"]["students"]}
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_finished_row(killed_then_resumed):
+    from qrdistill.cli import main
+
+    root, config = killed_then_resumed["root"], killed_then_resumed["config"]
+    before = snapshot(root)
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(config)]) == 0
+    text = "\n".join(logs)
+    for row in ROWS:
+        assert f"table: row {row}: seeds 0, 1 finished earlier, skipped" in text
+    # No stage ran: none of them logged, and no file of a row or of the shared data changed.
+    assert not [m for m in logs if m.startswith(("train:", "evaluation summary", "generate", "filter", "seed "))]
+    assert snapshot(root) == before
+    assert (root / "table" / "table.md").is_file()
+
+
+def _hand_compare(a_dirs: dict[int, Path], a_key: str, b_dirs: dict[int, Path], b_key: str, task: str):
+    """Pooled difference over (question, seed) pairs and the question-level exact McNemar p, written out."""
+    from qrdistill.stages.evaluate import predictions_path
+
+    diffs, margin = [], {}
+    for s, da in a_dirs.items():
+        pa = {json.loads(x)["qid"]: json.loads(x)["correct"] for x in
+              predictions_path(da, a_key, task).read_text().splitlines()}
+        pb = {json.loads(x)["qid"]: json.loads(x)["correct"] for x in
+              predictions_path(b_dirs[s], b_key, task).read_text().splitlines()}
+        for q in pa:
+            diffs.append(int(pa[q]) - int(pb[q]))
+            margin[q] = margin.get(q, 0) + int(pa[q]) - int(pb[q])
+    wins, losses = sum(m > 0 for m in margin.values()), sum(m < 0 for m in margin.values())
+    k, n = min(wins, losses), wins + losses
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return sum(diffs) / len(diffs), p
+
+
+@pytest.mark.slow
+def test_the_table_has_the_paired_columns(killed_then_resumed):
+    root = killed_then_resumed["root"]
+    lines = list(csv.DictReader((root / "table" / "table.csv").open()))
+    cols = set(lines[0])
+    for what in ("reference", "zero_shot"):
+        for k in ("diff", "ci_low", "ci_high", "p", "p_per_seed", "strict_diff", "strict_p"):
+            assert f"vs_{what}_{k}" in cols
+    assert {"accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "seeds"} <= cols
+    assert {(r["row"], r["student"]) for r in lines} == {(row, s) for row in ROWS for s in ("llama", "gpt2")}
+    dirs = {row: {s: root / row / f"seed-{s}" for s in SEEDS} for row in ROWS}
+    base_key = {s["name"]: "base:" + s["model"] for s in json.loads(
+        (root / "qrdistill" / "seed-0" / "meta" / "train.json").read_text())["config"]["train"]["students"]}
+    for r in lines:
+        task, row, student = r["task"], r["row"], r["student"]
+        key = base_key[student] if row == "zero_shot" else student
+        accs = [_eval(root, row, s)["students"][key]["tasks"][task]["accuracy"] for s in SEEDS]
+        assert float(r["accuracy_mean"]) == pytest.approx(sum(accs) / len(accs))
+        assert r["seeds"] == "0 1"
+        if row == "qrdistill":
+            assert r["vs_reference_diff"] == "" and r["vs_reference_row"] == ""
+        else:
+            diff, p = _hand_compare(dirs[row], key, dirs["qrdistill"], student, task)
+            assert r["vs_reference_row"] == "qrdistill"
+            assert float(r["vs_reference_diff"]) == pytest.approx(diff)
+            assert float(r["vs_reference_p"]) == pytest.approx(p)
+            assert float(r["vs_reference_ci_low"]) <= diff <= float(r["vs_reference_ci_high"])
+            assert len(r["vs_reference_p_per_seed"].split(";")) == len(SEEDS)
+        if row == "zero_shot":
+            assert r["vs_zero_shot_diff"] == ""
+        else:
+            diff, p = _hand_compare(dirs[row], student, dirs["zero_shot"], base_key[student], task)
+            assert float(r["vs_zero_shot_diff"]) == pytest.approx(diff)
+            assert float(r["vs_zero_shot_p"]) == pytest.approx(p)
+    md = (root / "table" / "table.md").read_text()
+    assert "Δ vs QR-Distill" in md and "Δ vs Zero-shot" in md and "## Wall time" in md
+    assert "## Routing of the reference row (QR-Distill)" in md
+    routing = json.loads((root / "table" / "table.json").read_text())["routing_files"]
+    assert any(f.startswith("fig4_") and f.endswith(".png") for f in routing)
+    assert all((root / "table" / f).is_file() for f in routing)
+    assert (root / "table" / "analysis" / "report.md").is_file()
+    wall = json.loads((root / "table" / "wall_time.json").read_text())
+    for row in ROWS:
+        w = wall["rows"][row]
+        assert w["total_s"] == pytest.approx(sum(v["wall_s"] for v in w["seeds"].values()))
+        assert all(v["wall_s"] > 0 for v in w["seeds"].values())
+    (data,) = wall["data"].values()
+    assert sorted(data["rows"]) == ["qrdistill", "skd"] and data["wall_s"] > 0
+
+
+# ---------------------------------------------------------------- the statistics on outcomes known by hand
+
+
+def _fake_seed(sub: Path, key: str, correct: list[bool], task: str = "t") -> None:
+    from qrdistill.stages.evaluate import predictions_path
+
+    path = predictions_path(sub, key, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"qid": f"q{i}", "correct": c, "strict_correct": c}) + "\n"
+                            for i, c in enumerate(correct)))
+    summary_path = sub / "eval" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"tasks": {task: {"n": len(correct)}},
+                                                                                   "students": {}}
+    acc = sum(correct) / len(correct)
+    summary["students"][key] = {"tasks": {task: {"n": len(correct), "accuracy": acc, "strict": {"accuracy": acc}}}}
+    summary_path.write_text(json.dumps(summary))
+
+
+def test_statistics_match_a_hand_computation(tmp_path):
+    """Two rows, two seeds, ten questions: the mean, the spread and the paired columns on outcomes chosen so
+    that every number is known by hand."""
+    from qrdistill.analysis.table_report import build_table_report
+    from qrdistill.config.table import load_table_config
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "base": {"train": {"students": [{"name": "a", "model": "m1"}, {"name": "b", "model": "m2"}]}},
+        "seeds": [0, 1], "run_dir": str(tmp_path / "run"),
+        "rows": [{"name": "zs", "override": {"stages": ["evaluate"], "evaluate": {"students": "base"}}},
+                 {"name": "qr"}]}))
+    table = load_table_config(cfg)
+    assert table.reference == "qr" and table.zero_shot == "zs"
+    root = tmp_path / "run"
+    # Student a: seed 0 right on q0-q7, seed 1 on q0-q5 (80 %, 60 %); its base right on q0-q1 (20 %).
+    qr = {0: [True] * 8 + [False] * 2, 1: [True] * 6 + [False] * 4}
+    zs = [True] * 2 + [False] * 8
+    for s in (0, 1):
+        _fake_seed(root / "qr" / f"seed-{s}", "a", qr[s])
+        _fake_seed(root / "qr" / f"seed-{s}", "b", zs)
+        _fake_seed(root / "zs" / f"seed-{s}", "base:m1", zs)
+        _fake_seed(root / "zs" / f"seed-{s}", "base:m2", zs)
+    result = build_table_report(table, root)
+    by = {(e["row"], e["student"]): e for e in result["entries"]}
+    a = by[("qr", "a")]
+    assert a["accuracy"]["accuracy"] == pytest.approx(0.7)
+    assert a["accuracy"]["std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.8 and 0.6
+    assert (a["accuracy"]["min"], a["accuracy"]["max"]) == (pytest.approx(0.6), pytest.approx(0.8))
+    f = a["vs_zero_shot"]["flexible"]
+    # 20 (question, seed) pairs: a right and base wrong on 6 + 4 of them, never the reverse: +50 points.
+    assert f["diff"] == pytest.approx(0.5) and a["vs_zero_shot"]["pairs"] == 20
+    # Question level: q2-q7 go to a (right in more seeds), q0-q1 and q8-q9 are ties: 6 discordant, 0 against,
+    # exact two-sided p = 2 / 2**6.
+    assert (f["questions_a_better"], f["questions_b_better"]) == (6, 0)
+    assert f["p"] == pytest.approx(2 / 2**6)
+    # Per seed: 6 and 4 discordant questions.
+    assert f["p_per_seed"] == {"0": pytest.approx(2 / 2**6), "1": pytest.approx(2 / 2**4)}
+    assert f["ci_low"] <= 0.5 <= f["ci_high"] and f["ci_low"] > 0
+    # The zero-shot row against the reference: the same numbers with the sign turned.
+    z = by[("zs", "a")]["vs_reference"]["flexible"]
+    assert z["diff"] == pytest.approx(-0.5) and z["p"] == pytest.approx(2 / 2**6)
+    # A student no better than its base: zero difference, p = 1.
+    b = by[("qr", "b")]["vs_zero_shot"]["flexible"]
+    assert b["diff"] == 0 and b["p"] == 1.0
+    md = (root / "table" / "table.md").read_text()
+    assert "| qr | a | 70.0 ± 14.1 (60.0–80.0) | 2 |" in md and "+50.0 [" in md and "| 0.031 |" in md
+
+
+# ---------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("base: {}\nrows:\n  - name: a\n    override:\n      train:\n        methd: skd\n",
+     r"t\.yaml:6: table row 'a': config field train\.methd: unknown field"),
+    ("base:\n  train:\n    epochs: 0\nrows: [{name: a}]\n",
+     r"t\.yaml:3: table row 'a': config field train\.epochs: Input should be greater than 0"),
+    ("base: {}\nrows: [{name: a, override: {train: {method: sft, router: {mode: random}}}}]\n",
+     r"t\.yaml:2: table row 'a': config field train\.router: method sft trains without a router"),
+    ("base: nowhere.yaml\nrows: [{name: a}]\n", r"t\.yaml:1: config field base: nowhere\.yaml: run config file not "),
+    ("base: {}\nrows: [{name: a}, {name: a}]\n", r"t\.yaml:2: config field rows: .*both named 'a'"),
+    ("base: {}\nreference: qr\nrows: [{name: a}]\n", r"reference: 'qr' names no row"),
+    ("base: {}\nrows: [{name: a, override: {run_dir: x}}]\n", r"rows\.0\.override\.run_dir: the table runs each row"),
+    ("base: {}\nrows: [{name: table}]\n", r"'table' is reserved"),
+    ("base: {}\nseeds: [0, 0]\nrows: [{name: a}]\n", r"t\.yaml:2: config field seeds: .*distinct seeds"),
+    ("base: {}\nrows: [{name: a}, {name: b}]\n", r"rows 'a', 'b' all qualify as the reference row; set reference"),
+    ("base: {}\nrows: [{name: a, override: {stages: [train]}}]\n", r"the row runs no evaluate stage"),
+    ("base: {}\nzero_shot: a\nrows: [{name: a}]\n", r"zero_shot: row 'a' trains"),
+    ("rows: [}\n", r"t\.yaml:1: invalid YAML"),
+])
+def test_bad_table_config_gives_one_clear_line(tmp_path, capsys, monkeypatch, text, expected):
+    import re
+
+    from qrdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.yaml").write_text(text)
+    assert main(["table", "--config", "t.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("qrdistill: error: ") and re.search(expected, err), err
+    assert not (tmp_path / "runs").exists()  # nothing is created before the config is valid
+
+
+def test_a_base_file_error_names_the_base_file_and_line(tmp_path, capsys, monkeypatch):
+    from qrdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("seed: 0\ntrain:\n  epochs: -1\n")
+    (tmp_path / "t.yaml").write_text("base: run.yaml\nrows: [{name: a}, {name: b, override: {seed: 1}}]\n"
+                                     "reference: a\n")
+    assert main(["table", "--config", "t.yaml"]) == 2
+    assert "run.yaml:3: table row 'a': config field train.epochs" in capsys.readouterr().err
+
+
+def test_the_shipped_table_configs_validate(monkeypatch):
+    from qrdistill.config.table import load_table_config
+
+    monkeypatch.chdir(ROOT)  # their paths are relative to the project root, like every config's
+    want = ["zero_shot", "skd", "all_paths", "random_router", "qrdistill"]
+    for name in ("date_transfer", "strategyqa", "gsm8k"):
+        table = load_table_config(ROOT / "configs" / "tables" / f"{name}.yaml")
+        assert list(table.rows) == want and table.seeds == [0, 1, 2]
+        assert (table.reference, table.zero_shot) == ("qrdistill", "zero_shot")
+        rows = table.rows
+        assert rows["zero_shot"].stages == ["evaluate"] and rows["zero_shot"].evaluate.students == "base"
+        assert (rows["skd"].train.method, rows["all_paths"].train.method) == ("skd", "sft")
+        assert rows["all_paths"].train.router.mode == "off" and rows["all_paths"].train.lambda_mutual == 0
+        assert rows["random_router"].train.router.mode == "random"
+        assert rows["qrdistill"].train.router.mode == "learned" and rows["qrdistill"].train.lambda_mutual > 0
+        assert [s.model for s in rows["qrdistill"].train.students] == ["gemma3-270m", "smollm2-135m"]
+    date = load_table_config(ROOT / "configs" / "tables" / "date_transfer.yaml").rows["qrdistill"]
+    assert [(t.name, t.split) for t in date.evaluate.tasks] == [("date", "train"), ("date", "test")]
+    assert {t.path for t in date.evaluate.tasks} == {"../shared/data/bigbench_date/task.json"}
+    assert [t.name for t in date.tasks] == ["procedural_date"]
