@@ -379,3 +379,21 @@ def test_gemma_grpo_after_a_short_distillation_saves_an_adapter_that_reloads(tmp
     out = run_dir / "rl" / "adapters" / "gemma"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(gemma_path), str(out))
     assert sum("lora_" in k for k in model.state_dict()) > 0
+
+
+def test_auto_completion_length_covers_the_longest_task_and_students_do_not_change_the_fingerprint():
+    """auto gives RL completions what evaluate gives each task's answers (1.25 x its p99), for the task with the
+    longest responses, since one GRPO run mixes every task's questions; the overall p99 would cut that task."""
+    from qrdistill.config import RunConfig
+    from qrdistill.stages.rl import completion_length, fingerprint
+
+    cfg = RunConfig.model_validate({"train": tiny_train_section(["m1", "m2"])})
+    lengths = {"llama": {"response_tokens_p99": 100,
+                         "response_tokens_p99_by_task": {"procedural_date": 120, "procedural_arith": 40}}}
+    assert completion_length(cfg, {"sequence_lengths": lengths}, "llama") == 150
+    assert completion_length(cfg, {"sequence_lengths": {"llama": {"response_tokens_p99": 100}}}, "llama") == 125
+    summary = {"fingerprint": "t", "adapters": {"llama": "a"}}
+    one = RunConfig.model_validate({**cfg.model_dump(mode="json"), "rl": {"students": ["llama"]}})
+    assert fingerprint(one, 0, summary, "llama", 150) == fingerprint(cfg, 0, summary, "llama", 150)
+    steps = RunConfig.model_validate({**cfg.model_dump(mode="json"), "rl": {"max_steps": 7}})
+    assert fingerprint(steps, 0, summary, "llama", 150) != fingerprint(cfg, 0, summary, "llama", 150)

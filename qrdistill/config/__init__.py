@@ -170,7 +170,7 @@ def _yaml_loader() -> Any:
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
+def yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
     """Map each key path of a YAML document to its 1-based line number."""
     import yaml
 
@@ -246,13 +246,17 @@ def _check_node_graph(root: Any) -> None:
     size(root)
 
 
+#: Tags that discriminated unions insert into an error's location (the union members' `kind`s).
+UNION_TAGS = frozenset({"openai", "hf", "vllm", "simulated", "file", "llm", "steps", "none"})
+
+
 def format_validation_error(err: ValidationError, source: str | None = None, text: str | None = None) -> str:
-    lines = _yaml_lines(text) if text else {}
+    lines = yaml_lines(text) if text else {}
     msgs = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         # Discriminated unions insert the tag into the location; drop it for the user.
-        loc_clean = tuple(x for x in loc if x not in {"openai", "hf", "vllm", "simulated", "file", "llm", "steps", "none"})
+        loc_clean = tuple(x for x in loc if x not in UNION_TAGS)
         field = ".".join(str(x) for x in loc_clean) or "(top level)"
         where = source or "config"
         line = None
@@ -278,8 +282,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         source = str(p)
         if not p.exists():
             raise ConfigError(f"{p}: config file not found")
-        text = _read_config_text(p)
-        data = _parse_yaml(p, text)
+        text = read_config_text(p)
+        data = parse_yaml(p, text)
     if path is None:
         # The built-in demo: its own evaluation sample, which --set evaluate.* fields refine.
         data["evaluate"] = demo_evaluate().model_dump(mode="json", exclude_unset=True)
@@ -294,7 +298,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"{source or 'config'}: values nested too deeply") from None
 
 
-def _read_config_text(p: Path) -> str:
+def read_config_text(p: Path) -> str:
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -304,7 +308,7 @@ def _read_config_text(p: Path) -> str:
     return decode_utf8(p, raw, ConfigError, "config")
 
 
-def _parse_yaml(p: Path, text: str) -> dict[str, Any]:
+def parse_yaml(p: Path, text: str) -> dict[str, Any]:
     import yaml
 
     try:
@@ -344,4 +348,5 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-__all__ = ["ModelPrice", "RunConfig", "load_config", "format_validation_error"]
+__all__ = ["ModelPrice", "RunConfig", "UNION_TAGS", "format_validation_error", "load_config", "parse_yaml",
+           "read_config_text", "yaml_lines"]

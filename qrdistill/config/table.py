@@ -28,6 +28,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qrdistill.config import (
+    UNION_TAGS,
+    RunConfig,
+    format_validation_error,
+    parse_yaml,
+    read_config_text,
+    yaml_lines,
+)
 from qrdistill.errors import ConfigError
 
 #: Row names become directory names under run_dir.
@@ -161,35 +169,27 @@ def is_plain_qrdistill(cfg: Any) -> bool:
 
 def load_table_config(path: str | Path, run_dir: str | None = None) -> ResolvedTable:
     """Load a table config and validate every row's merged run config (`run_dir` overrides the file's)."""
-    from qrdistill.config import (
-        RunConfig,
-        _parse_yaml,
-        _read_config_text,
-        _yaml_lines,
-        format_validation_error,
-    )
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: table config file not found" if not p.exists() else f"{p}: not a file")
-    text = _read_config_text(p)
-    data = _parse_yaml(p, text)
+    text = read_config_text(p)
+    data = parse_yaml(p, text)
     if run_dir is not None:
         data["run_dir"] = run_dir
     try:
         table = TableConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(p), text)) from None
-    lines = _yaml_lines(text)
+    lines = yaml_lines(text)
 
     if isinstance(table.base, str):
         base_path = Path(table.base)
         if not base_path.is_file():
             raise ConfigError(f"{p}:{lines.get(('base',), 1)}: config field base: {base_path}: run config file "
                               f"not found (a path relative to the working directory)")
-        base_text = _read_config_text(base_path)
-        base_data = _parse_yaml(base_path, base_text)
-        base_src, base_lines, base_prefix = str(base_path), _yaml_lines(base_text), ()
+        base_text = read_config_text(base_path)
+        base_data = parse_yaml(base_path, base_text)
+        base_src, base_lines, base_prefix = str(base_path), yaml_lines(base_text), ()
     else:
         base_data, base_src, base_lines, base_prefix = table.base, str(p), lines, ("base",)
 
@@ -234,10 +234,6 @@ def _only(p: Path, lines: dict[tuple[Any, ...], int], fld: str, candidates: list
     return candidates[0] if candidates else None
 
 
-#: Tags that discriminated unions insert into an error's location (as `format_validation_error` drops them).
-_UNION_TAGS = {"openai", "hf", "vllm", "simulated", "file", "llm", "steps", "none"}
-
-
 def _has_path(data: Any, path: tuple[Any, ...]) -> bool:
     for part in path:
         if isinstance(data, dict) and part in data:
@@ -256,7 +252,7 @@ def _row_error(err: ValidationError, index: int, row: TableRow, table_src: str, 
     msgs = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-        loc = tuple(x for x in loc if x not in _UNION_TAGS)
+        loc = tuple(x for x in loc if x not in UNION_TAGS)
         fld = ".".join(str(x) for x in loc) or "(top level)"
         src, line = table_src, table_lines.get(("rows", index))
         from_row = next((loc[:n] for n in range(len(loc), 0, -1) if _has_path(row.override, loc[:n])), None)

@@ -62,14 +62,14 @@ def run(cfg: Any, run_dir: Path, seeds: list[int] | None = None, limit: int | No
         log.info("seed %d of %s: %s", seed, ", ".join(map(str, seeds)), sub)
         scfg = cfg.model_copy(update={"seed": seed, "run_dir": str(sub), "seeds": None})
         with run_dir_lock(sub, "run"):
-            _share_data(run_dir, sub)
+            share_data(run_dir, sub)
         out: dict[str, Any] = {}
         if "train" in cfg.stages:
             out["train"] = train.run(scfg, sub, **train_opts)
         if "evaluate" in cfg.stages:
             if sub != dirs[0]:
                 with run_dir_lock(sub, "run"):
-                    _seed_base_predictions(dirs[0], sub)
+                    seed_base_predictions(dirs[0], sub)
             out["evaluate"] = evaluate.run(scfg, sub, **data_opts)
         per_seed.append(out)
     results["seeds"] = dict(zip(seeds, per_seed, strict=True))
@@ -78,7 +78,7 @@ def run(cfg: Any, run_dir: Path, seeds: list[int] | None = None, limit: int | No
     return results
 
 
-def _share_data(root: Path, sub: Path) -> None:
+def share_data(root: Path, sub: Path) -> None:
     """Copy the shared filter output into a seed's run directory when it changed (data, not code)."""
     for name in SHARED_FILES:
         src, dst = root / name, sub / name
@@ -88,7 +88,7 @@ def _share_data(root: Path, sub: Path) -> None:
             tmp.replace(dst)
 
 
-def _seed_base_predictions(first: Path, sub: Path) -> None:
+def seed_base_predictions(first: Path, sub: Path) -> None:
     """Start a seed's base-model predictions from the first seed's (evaluate re-checks every row's key)."""
     from qrdistill.stages.evaluate import BASE_PREFIX, student_dirname
 

@@ -66,7 +66,10 @@ def _students(cfg: Any) -> list[Any]:
 def completion_length(cfg: Any, train_summary: dict[str, Any], name: str) -> int:
     if cfg.rl.max_completion_length != "auto":
         return int(cfg.rl.max_completion_length)
-    p99 = ((train_summary.get("sequence_lengths") or {}).get(name) or {}).get("response_tokens_p99")
+    fit = (train_summary.get("sequence_lengths") or {}).get(name) or {}
+    # One budget for every task's questions: the longest task's, so no task gets less than evaluate gives it.
+    p99 = max((v for v in (fit.get("response_tokens_p99_by_task") or {}).values() if v), default=None) \
+        or fit.get("response_tokens_p99")
     if not p99:
         log.warning("rl %s: no training response lengths in train/summary.json; completions get %d tokens",
                     name, DEFAULT_COMPLETION_LENGTH)
@@ -76,7 +79,9 @@ def completion_length(cfg: Any, train_summary: dict[str, Any], name: str) -> int
 
 def fingerprint(cfg: Any, seed: int, train_summary: dict[str, Any], name: str, length: int) -> str:
     """Identifies one student's RL: the rl config, seed, the training it starts from and its adapter."""
-    blob = {"rl": cfg.rl.model_dump(mode="json"), "seed": seed, "length": length,
+    # Which students run and how often checkpoints are kept do not change a student's training.
+    rl = cfg.rl.model_dump(mode="json", exclude={"students", "checkpoint_every", "keep_checkpoints"})
+    blob = {"rl": rl, "seed": seed, "length": length,
             "train": train_summary.get("fingerprint"), "adapter": (train_summary.get("adapters") or {}).get(name),
             "student": next(s.model_dump(mode="json") for s in cfg.train.students if s.name == name)}  # fmt: skip
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]

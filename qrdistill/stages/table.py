@@ -156,7 +156,7 @@ def run(table: Any, root: Path) -> dict[str, Any]:
                     _run_data(cfg, data_stages, data_dir)
                     data_done.add(key)
                 with run_dir_lock(row_dir, "table"):
-                    pipeline._share_data(data_dir, row_dir)
+                    pipeline.share_data(data_dir, row_dir)
                     atomic_write_json(row_dir / ROW_MARKER, {"data_dir": str(data_dir.relative_to(root))})
             seed_cfg = cfg.model_copy(update={"stages": [s for s in cfg.stages if s in SEED_STAGES],
                                               "run_dir": str(row_dir), "seeds": None})
@@ -168,7 +168,7 @@ def run(table: Any, root: Path) -> dict[str, Any]:
                     marker = _begin(sub, name, s, fps[s])
                     if sub != first:
                         # Greedy base models answer alike in every seed: evaluate reuses the rows whose keys match.
-                        pipeline._seed_base_predictions(first, sub)
+                        pipeline.seed_base_predictions(first, sub)
                 t0 = time.perf_counter()
                 pipeline.run(seed_cfg, row_dir, seeds=[s])
                 with run_dir_lock(sub, "table"):

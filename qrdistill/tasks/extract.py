@@ -61,11 +61,13 @@ MAX_NUMBER_DIGITS = 1000
 
 # "The answer is", "the final answer is", "the correct answer is", "Answer:" at a line start.
 _STRICT_RE = re.compile(
-    r"(?:\banswer\s+is\b|\banswer\s+would\s+be\b|^[ \t*#>_-]*(?:final\s+)?answer\s*:)[ \t]*:?",
+    r"(?:\banswer\s+is\b|\banswer\s+would\s+be\b|\bthe\s+answer\s*:|^[ \t*#>_-]*(?:final\s+)?answer\s*:)[ \t]*:?",
     re.IGNORECASE | re.MULTILINE,
 )
 _GSM_HASH_RE = re.compile(r"####[ \t]*(.+)")
 _LETTER_SPAN_RE = re.compile(r"^\(?([A-Z])(?:\)|(?=[\s.,:;!]|$))")
+#: "(b)" on an answer line is the letter B (lm-eval ignores case); a bare lower-case "a" is a word, not a letter.
+_LOWER_LETTER_SPAN_RE = re.compile(r"^\(([a-z])\)")
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 _BOLD_LETTER_RE = re.compile(r"\*\*\(?([A-Z])\)?[.:]?\*\*")
 # The tail is `[ \t*]*(?:\.[ \t]*)?$`, not `[ \t*]*\.?[ \t]*$`: two adjacent runs that can both take the
@@ -231,10 +233,10 @@ def _choice_from_span(span: str, choices: list[str]) -> tuple[str | None, bool]:
     exact = [i for i, c in enumerate(choices) if normalize_text(c) == ns]
     if ns and exact:
         return valid[exact[0]], False
-    m = _LETTER_SPAN_RE.match(span)
-    letter = m.group(1) if m and m.group(1) in valid else None
+    letter, end = _span_letter(span)
+    letter = letter if letter is not None and letter in valid else None
     if letter is not None:
-        after = span[m.end() :]
+        after = span[end:]
         idx = _option_in_span(after, choices) if after.strip(_MARKUP + ".") else None
         if idx is None:
             return letter, False
@@ -245,6 +247,12 @@ def _choice_from_span(span: str, choices: list[str]) -> tuple[str | None, bool]:
     # "The answer is option C" / "The answer is therefore (C)".
     found = [x for x in _PAREN_LETTER_RE.findall(span) if x in valid]
     return (found[0] if found else None), False
+
+
+def _span_letter(span: str) -> tuple[str | None, int]:
+    """The letter an answer span opens with (upper case), and where the letter ends in the span."""
+    m = _LETTER_SPAN_RE.match(span) or _LOWER_LETTER_SPAN_RE.match(span)
+    return (m.group(1).upper(), m.end()) if m else (None, 0)
 
 
 def _strict_choice(text: str, choices: list[str]) -> tuple[str | None, bool]:
@@ -566,8 +574,7 @@ class MultipleChoiceTask(AnswerTask):
         score = _answer_score(strict, pred, lambda p: _verdict(p == record.answer), conflict)
         letter_correct = score.correct
         if conflict:
-            m = _LETTER_SPAN_RE.match(strict_span(text) or "")
-            letter_correct = bool(m) and m.group(1) == record.answer
+            letter_correct = _span_letter(strict_span(text) or "")[0] == record.answer
         return dataclasses.replace(score, letter_correct=letter_correct)
 
     def gold_text(self, record: Record) -> str:
