@@ -33,7 +33,7 @@ per term. A term with weight 0 is not computed, so the correctness arm has no st
 
     python benchmarks/bench_rl.py --distilled runs/demo [--config C.yaml] [--set KEY=VALUE ...]
         [--student smollm2] [--seeds 0 1 2] [--steps 8] [--max-completion-length N] [--task procedural_date]
-        [--out runs/demo/bench_rl] [--save benchmarks/results/rl_<student>_<steps>steps.json]
+        [--out runs/demo/bench_rl] [--save benchmarks/results/rl_<student>_<task>_<steps>steps_<n>seeds.json]
 
 --config and --set must give the config D was made with (checked against D/meta/evaluate.json), since
 the RL questions and the saved predictions' keys depend on it. Another --steps or rl setting trains
@@ -355,7 +355,7 @@ def _share(rows: Any, pred: Any) -> float | None:
 def compare(a: str, b: str, pairs: list[tuple[int, str, bool, bool]], cfg: Any, seed: int | None) -> dict[str, Any]:
     """a vs b on (seed, qid, a correct, b correct) rows: diff in points, paired bootstrap interval, McNemar p;
     pooled (seed None) also the interval with whole questions resampled."""
-    from qrdistill.evaluation.metrics import compare_paired
+    from qrdistill.evaluation.metrics import compare_paired, mcnemar_exact
 
     ev = cfg.evaluate
     xs, ys = [p[2] for p in pairs], [p[3] for p in pairs]
@@ -369,6 +369,14 @@ def compare(a: str, b: str, pairs: list[tuple[int, str, bool, bool]], cfg: Any, 
                            clusters=[p[1] for p in pairs])  # fmt: skip
         row["interval_by_question"] = [100 * k["ci_low"], 100 * k["ci_high"]]
         row["questions"] = len({p[1] for p in pairs})
+        # One vote per question (right in more than half of its seeds), so the p-value counts questions, not
+        # (seed, question) pairs: the distilled side repeats one greedy answer per seed.
+        votes: dict[str, list[tuple[bool, bool]]] = {}
+        for _, qid, x, y in pairs:
+            votes.setdefault(qid, []).append((x, y))
+        qa = [2 * sum(x for x, _ in v) > len(v) for v in votes.values()]
+        qb = [2 * sum(y for _, y in v) > len(v) for v in votes.values()]
+        row["mcnemar_p_by_question"] = mcnemar_exact(qa, qb)["p_value"]
     return row
 
 
@@ -442,15 +450,17 @@ def markdown(result: dict[str, Any]) -> str:
     conf = int(round(100 * result["comparisons"][0]["confidence"])) if result["comparisons"] else 95
     lines += ["", f"Paired on the same questions (flexible accuracy; difference in points, {conf} % paired bootstrap "
               "interval, exact McNemar p). Pooled: the (seed, question) pairs of every seed together; "
-              "'by question' resamples whole questions (all seeds of one together), and the pooled p treats "
-              "the pairs as independent (optimistic).", "",
-              "| a vs b | seed | n | a % | b % | diff | interval | by question | p |", "|---|---|---|---|---|---|---|---|---|"]
+              "'by question' resamples whole questions (all seeds of one together); the pooled p treats "
+              "the pairs as independent (optimistic), p by question takes one vote per question (right in more "
+              "than half of its seeds).", "",
+              "| a vs b | seed | n | a % | b % | diff | interval | by question | p | p by question |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["comparisons"]:
         byq = c.get("interval_by_question")
         lines.append(f"| {c['a']} vs {c['b']} | {c['seed']} | {c['n']} | {_pct(c['accuracy_a'])} | "
                      f"{_pct(c['accuracy_b'])} | {_pts(c['diff_points'])} | [{_pts(c['interval'][0])}, "
                      f"{_pts(c['interval'][1])}] | {f'[{_pts(byq[0])}, {_pts(byq[1])}]' if byq else ''} | "
-                     f"{_p(c['mcnemar_p'])} |")
+                     f"{_p(c['mcnemar_p'])} | {_p(c.get('mcnemar_p_by_question'))} |")
     lines += ["", "| arm | s/step (mean over seeds) | reward s/step | share in rewards | mean reward per term |",
               "|---|---|---|---|---|"]
     for arm, t in result["timing"].items():
@@ -478,7 +488,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                               "auto = evaluate's budget)")
     ap.add_argument("--task", default="procedural_date", help="the evaluated task to compare on")
     ap.add_argument("--out", help="work root of the arm x seed run directories (default: <distilled>/bench_rl)")
-    ap.add_argument("--save", help="result JSON (default: benchmarks/results/rl_<student>_<steps>steps.json)")
+    ap.add_argument("--save", help="result JSON (default: benchmarks/results/rl_<student>_<task>_<steps>steps_<n>seeds.json)")
     ap.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
                     help="override a config field as `qrdistill --set` does (repeatable), e.g. what D was run with")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -516,7 +526,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     out = Path(args.out).resolve() if args.out else distilled / "bench_rl"
     if out == distilled or any(out.is_relative_to(distilled / d) for d in ("train", "eval", "rl", "meta")):
         fail(f"--out {out} is (inside) the distilled run's own artifacts; give a folder of its own")
-    save = Path(args.save) if args.save else ROOT / "benchmarks" / "results" / f"rl_{args.student}_{args.steps}steps.json"
+    save = Path(args.save) if args.save else ROOT / "benchmarks" / "results" / f"rl_{args.student}_{args.task}_{args.steps}steps_{len(args.seeds)}seeds.json"
     files = prediction_files(base, spec.name)
     t0 = time.perf_counter()
     runs = [run_one(args.config, distilled, out, arm, s, args, spec, files, train_summary["fingerprint"])

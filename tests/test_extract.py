@@ -453,3 +453,20 @@ def test_score_says_what_the_letter_rule_would_have_decided():
     agree = task.score("The answer is (B) 02/02/2020.", rec)
     assert agree.correct and not agree.conflict and agree.letter_correct is True
     assert get_task("procedural_arith").score("The answer is 5.", Record("y", "q", "5")).letter_correct is None
+
+
+CHOICES = ["12/14/1998", "01/11/1999", "01/09/1999", "01/11/2000", "12/12/1998", "12/13/1998"]
+
+
+@pytest.mark.parametrize("text, strict", [
+    ("Blah. The answer: (B).", "B"),  # lm-eval's BBH phrase, at a sentence start
+    ("So the answer is (b).", "B"),  # a lower-case letter alone (lm-eval ignores case)
+    ("So the answer is (b) 01/11/1999.", "B"),  # ... or followed by its option's text
+    ("Let me find the answer: one day after 01/01/2020 is 01/02/2020.", None),  # working, not an answer line
+    ("We need the answer:\n(a) one day after is 01/11/1999, (b) gives 01/09/1999.", None),  # a list marker
+    ("The answer is (b) first we add.", None),  # a lower-case "(b)" opening more working
+])
+def test_answer_line_forms_and_what_is_not_an_answer_line(text, strict):
+    from qrdistill.tasks.extract import strict_choice
+
+    assert strict_choice(text, CHOICES) == strict

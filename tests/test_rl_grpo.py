@@ -26,8 +26,9 @@ from train_helpers import make_filtered, qrdistill_cmd, subprocess_env, tiny_con
 ROOT = Path(__file__).resolve().parents[1]
 
 #: a short GRPO: 2 completions per question, short completions (the tiny students write noise)
+#: LoRA dropout stays on: the tiny students' rewards are all 0, so dropout's KL is what gives them a gradient
 TINY_RL = {"num_generations": 2, "questions_per_step": 1, "max_steps": 2, "max_completion_length": 12,
-           "checkpoint_every": 1, "lr": 1e-2}
+           "checkpoint_every": 1, "lr": 1e-2, "disable_dropout": False}
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +235,16 @@ def test_grpo_two_students_end_to_end_adapters_reload_and_evaluate(tmp_path, dis
     assert {c["student"] for c in ev["comparisons"]} >= {"rl:llama", "rl:gpt2"}
     assert "rl:llama" not in ev["ensembles"]["ensemble"]["members"]
 
+    # an RL adapter trained from another distilled adapter than train/ holds now is not shown beside it
+    from qrdistill.stages.evaluate import select_targets
+
+    assert {"rl:llama", "rl:gpt2"} <= {t.key for t in select_targets(cfg, run_dir)[0]}
+    ts = json.loads((run_dir / "train" / "summary.json").read_text())
+    ts["adapters"]["llama"] = {"adapter_model.safetensors": "0" * 64}
+    (run_dir / "train" / "summary.json").write_text(json.dumps(ts))
+    keys = {t.key for t in select_targets(cfg, run_dir)[0]}
+    assert "rl:llama" not in keys and {"llama", "rl:gpt2"} <= keys
+
 
 def test_resumed_grpo_ends_where_an_uninterrupted_one_does(tmp_path, distilled, caplog):
     """A run cut after its step-2 checkpoint resumes there (TRL's RNG state restored), redoes steps 3-4 and
@@ -397,3 +408,21 @@ def test_auto_completion_length_covers_the_longest_task_and_students_do_not_chan
     assert fingerprint(one, 0, summary, "llama", 150) == fingerprint(cfg, 0, summary, "llama", 150)
     steps = RunConfig.model_validate({**cfg.model_dump(mode="json"), "rl": {"max_steps": 7}})
     assert fingerprint(steps, 0, summary, "llama", 150) != fingerprint(cfg, 0, summary, "llama", 150)
+
+
+def test_rewards_read_the_completion_as_evaluate_cuts_it():
+    """A completion is rewarded on its first finished answer line, the one evaluate scores: a second answer
+    line after it earns nothing (evaluate.stop_at_answer), and without the cut the last one would count."""
+    import json
+
+    from qrdistill.rl.grpo import RewardLedger, TermReward
+    from qrdistill.tasks import get_task
+
+    r = get_task("procedural_arith").load("train", limit=1)[0]
+    wrong = int(r.answer) + 1
+    text = f"Some working. The answer is {wrong}.\nWait, no. The answer is {r.answer}."
+    cols = {"task": ["procedural_arith"], "record": [json.dumps(r.to_dict())], "reference": [""]}
+    cut = TermReward("correctness", None, RewardLedger(), stop_at_answer=True)
+    whole = TermReward("correctness", None, RewardLedger(), stop_at_answer=False)
+    assert cut(["q"], [text], **cols) == [0.0]
+    assert whole(["q"], [text], **cols) == [1.0]

@@ -120,6 +120,10 @@ class RLConfig(BaseModel):
     )
     keep_checkpoints: StrictPositiveInt = Field(2, description="Newest checkpoints kept per student.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
+    disable_dropout: bool = Field(
+        True, description="Turn the student's (LoRA) dropout off during RL: with it on, the policy's and the "
+        "reference's log-probabilities differ by dropout noise, so the KL term is noise from step 0.",
+    )
     rewards: RewardConfig = Field(default_factory=RewardConfig, description="Reward terms, weights, extractor.")
 
     @field_validator("students")

@@ -113,7 +113,7 @@ class BatchedExtractor:
 class TermReward:
     """One reward term as TRL calls it: `(prompts, completions, **dataset columns) -> one float each`."""
 
-    def __init__(self, term: str, ctx: Any, ledger: RewardLedger) -> None:
+    def __init__(self, term: str, ctx: Any, ledger: RewardLedger, stop_at_answer: bool = True) -> None:
         from qrdistill.rl.rewards import REWARDS
 
         self.__name__ = term  # TRL names the term's logs after it (rewards/<term>/mean)
@@ -121,6 +121,7 @@ class TermReward:
         self.reward = REWARDS.get(term, f"rl.rewards.weights.{term}")
         self.ctx = ctx
         self.ledger = ledger
+        self.stop_at_answer = stop_at_answer
         self._records: dict[str, Any] = {}
 
     def _record(self, task: str, record_json: str) -> Any:
@@ -133,8 +134,13 @@ class TermReward:
 
     def __call__(self, prompts: list[str], completions: list[str], task: list[str], record: list[str],
                  reference: list[str], **_: Any) -> list[float]:  # fmt: skip
+        from qrdistill.evaluation.generation import cut_output
+
         start = time.perf_counter()
         try:
+            # Rewarded on what evaluate scores: the completion up to its first finished answer line, so a second
+            # answer line after it ("Wait, the answer is (B).") earns nothing.
+            completions = [cut_output(c, self.stop_at_answer) for c in completions]
             records = [self._record(t, r) for t, r in zip(task, record, strict=True)]
             refs = [r or None for r in reference]
             extractor = self.ctx.extractor if self.ctx is not None else None
@@ -371,6 +377,10 @@ class StudentRun:
     fingerprint: str
     ctx: Any  # RewardContext
     calls: Callable[[], int] = lambda: 0
+    #: evaluate.stop_at_answer: rewards read the completion as evaluate cuts it
+    stop_at_answer: bool = True
+    #: train/summary.json's digests of the distilled adapter RL starts from (evaluate checks them)
+    distilled_adapter: Any = None
 
 
 @contextlib.contextmanager
@@ -410,6 +420,7 @@ def grpo_args(run: StudentRun, cuda: bool, bf16: bool) -> Any:
         use_cpu=not cuda,
         bf16=bf16,  # TRL's default is bf16 whenever fp16 is off, on CPU too
         gradient_checkpointing=rc.gradient_checkpointing,  # TRL's default is on
+        disable_dropout=rc.disable_dropout,
         remove_unused_columns=False,  # the rewards read qid, task, record and reference
         dataloader_num_workers=0,
         log_completions=False,
@@ -448,7 +459,7 @@ def train_student(run: StudentRun) -> dict[str, Any]:
     ledger = RewardLedger()
     policy, tokenizer = load_policy(run.spec, run.adapter_in, cuda)
     bf16 = next(policy.parameters()).dtype == torch.bfloat16
-    rewards = [TermReward(t, run.ctx, ledger) for t in terms]
+    rewards = [TermReward(t, run.ctx, ledger, run.stop_at_answer) for t in terms]
 
     def begin() -> None:
         if resume is not None:
@@ -495,6 +506,7 @@ def student_summary(run: StudentRun, terms: Sequence[str], ledger: RewardLedger,
         "name": run.spec.name,
         "model": run.spec.model,
         "adapter_in": str(run.adapter_in),
+        "distilled_adapter": run.distilled_adapter,
         "adapter": str(run.adapter_out),
         "adapter_digest": adapter_digest(run.adapter_out),
         "fingerprint": run.fingerprint,

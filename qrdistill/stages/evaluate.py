@@ -270,6 +270,29 @@ def load_eval_tasks(cfg: Any, limit: int | None) -> list[EvalTask]:
     return out
 
 
+def rl_adapter_of(run_dir: Path, student: str) -> Path | None:
+    """D/rl/adapters/<student> when `qrdistill rl` trained it from the distilled adapter train/ holds now; an RL
+    adapter from an earlier training (train/ redone since) is skipped with a warning, not shown beside it."""
+    from qrdistill.train.artifacts import adapter_dir
+
+    found = adapter_dir(run_dir / "rl" / "adapters" / student)
+    if found is None:
+        return None
+    rl_summary = run_dir / "rl" / student / "summary.json"
+    train_summary = run_dir / "train" / "summary.json"
+    try:
+        started = read_json(rl_summary).get("distilled_adapter")
+        now = (read_json(train_summary).get("adapters") or {}).get(student)
+    except (DataError, AttributeError):
+        started, now = None, None
+    if started is None or started != now:
+        log.warning("%s%s: skipped: %s does not record RL from the distilled adapter in %s (train/ changed "
+                    "since, or the RL run did not finish); run `qrdistill rl` again", RL_PREFIX, student,
+                    rl_summary, train_summary)
+        return None
+    return found
+
+
 def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[list[EvalTarget], str | None]:
     """Base models and/or trained adapters per `evaluate.students`; a note when training is absent."""
     students = list(cfg.train.students)
@@ -301,13 +324,18 @@ def select_targets(cfg: Any, run_dir: Path, method: str = "zero_shot") -> tuple[
             f"the train stage has not run (no adapters under {adapters_dir}): "
             "evaluating the base students only (the zero-shot baseline)"
         )
-    if trained and cfg.evaluate.backend == "hf":
+    if trained:
         # After `qrdistill rl`: each RL-trained adapter beside its distilled student, on the same prompt and budget.
         for t in [t for t in trained if t.prefix != "label"]:
-            rl_adapter = adapter_dir(run_dir / "rl" / "adapters" / t.student)
-            if rl_adapter is not None:
-                trained.append(EvalTarget(RL_PREFIX + t.key, t.model, rl_adapter, method=method, prefix=t.prefix,
-                                          student=t.student))
+            rl_adapter = rl_adapter_of(run_dir, t.student)
+            if rl_adapter is None:
+                continue
+            if cfg.evaluate.backend != "hf":
+                log.warning("%s%s: not evaluated (RL adapters are scored with evaluate.backend: hf only)",
+                            RL_PREFIX, t.key)
+                continue
+            trained.append(EvalTarget(RL_PREFIX + t.key, t.model, rl_adapter, method=method, prefix=t.prefix,
+                                      student=t.student))
     base: list[EvalTarget] = []
     if which in ("base", "all", "auto"):
         for s in students:

@@ -81,7 +81,7 @@ def fingerprint(cfg: Any, seed: int, train_summary: dict[str, Any], name: str, l
     """Identifies one student's RL: the rl config, seed, the training it starts from and its adapter."""
     # Which students run and how often checkpoints are kept do not change a student's training.
     rl = cfg.rl.model_dump(mode="json", exclude={"students", "checkpoint_every", "keep_checkpoints"})
-    blob = {"rl": rl, "seed": seed, "length": length,
+    blob = {"rl": rl, "seed": seed, "length": length, "stop_at_answer": cfg.evaluate.stop_at_answer,
             "train": train_summary.get("fingerprint"), "adapter": (train_summary.get("adapters") or {}).get(name),
             "student": next(s.model_dump(mode="json") for s in cfg.train.students if s.name == name)}  # fmt: skip
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
@@ -167,6 +167,8 @@ def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
                 spec=spec, adapter_in=train_dir / "adapters" / spec.name, adapter_out=adapter_out, work=work,
                 questions=questions, refs=refs, rl=rc, seed=seed, max_completion_length=length, fingerprint=fp,
                 ctx=ctx, calls=(lambda c=caller: c.issued) if caller is not None else (lambda: 0),
+                stop_at_answer=cfg.evaluate.stop_at_answer,
+                distilled_adapter=(train_summary.get("adapters") or {}).get(spec.name),
             ))  # fmt: skip
             if _rank() == 0:
                 atomic_write_json(work / SUMMARY_FILE, summary)

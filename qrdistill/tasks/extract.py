@@ -61,12 +61,13 @@ MAX_NUMBER_DIGITS = 1000
 
 # "The answer is", "the final answer is", "the correct answer is", "Answer:" at a line start.
 _STRICT_RE = re.compile(
-    r"(?:\banswer\s+is\b|\banswer\s+would\s+be\b|\bthe\s+answer\s*:|^[ \t*#>_-]*(?:final\s+)?answer\s*:)[ \t]*:?",
+    r"(?:\banswer\s+is\b|\banswer\s+would\s+be\b|(?:^|(?<=[.!?] ))[ \t*#>_-]*(?:the\s+)?(?:final\s+)?answer\s*:)[ \t]*:?",
     re.IGNORECASE | re.MULTILINE,
 )
 _GSM_HASH_RE = re.compile(r"####[ \t]*(.+)")
 _LETTER_SPAN_RE = re.compile(r"^\(?([A-Z])(?:\)|(?=[\s.,:;!]|$))")
-#: "(b)" on an answer line is the letter B (lm-eval ignores case); a bare lower-case "a" is a word, not a letter.
+#: "(b)" alone on an answer line is the letter B (lm-eval ignores case); a bare lower-case "a" is a word, and
+#: "(a) one day after ..." opens a list, so a lower-case letter counts only when nothing but an option's text follows.
 _LOWER_LETTER_SPAN_RE = re.compile(r"^\(([a-z])\)")
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 _BOLD_LETTER_RE = re.compile(r"\*\*\(?([A-Z])\)?[.:]?\*\*")
@@ -233,7 +234,7 @@ def _choice_from_span(span: str, choices: list[str]) -> tuple[str | None, bool]:
     exact = [i for i, c in enumerate(choices) if normalize_text(c) == ns]
     if ns and exact:
         return valid[exact[0]], False
-    letter, end = _span_letter(span)
+    letter, end = _span_letter(span, choices)
     letter = letter if letter is not None and letter in valid else None
     if letter is not None:
         after = span[end:]
@@ -249,10 +250,17 @@ def _choice_from_span(span: str, choices: list[str]) -> tuple[str | None, bool]:
     return (found[0] if found else None), False
 
 
-def _span_letter(span: str) -> tuple[str | None, int]:
+def _span_letter(span: str, choices: list[str] | None = None) -> tuple[str | None, int]:
     """The letter an answer span opens with (upper case), and where the letter ends in the span."""
-    m = _LETTER_SPAN_RE.match(span) or _LOWER_LETTER_SPAN_RE.match(span)
-    return (m.group(1).upper(), m.end()) if m else (None, 0)
+    m = _LETTER_SPAN_RE.match(span)
+    if m:
+        return m.group(1), m.end()
+    m = _LOWER_LETTER_SPAN_RE.match(span)
+    if m:
+        rest = normalize_text(span[m.end():].strip(_MARKUP + ". "))
+        if not rest or any(normalize_text(c) == rest for c in choices or ()):
+            return m.group(1).upper(), m.end()
+    return None, 0
 
 
 def _strict_choice(text: str, choices: list[str]) -> tuple[str | None, bool]:
@@ -574,7 +582,7 @@ class MultipleChoiceTask(AnswerTask):
         score = _answer_score(strict, pred, lambda p: _verdict(p == record.answer), conflict)
         letter_correct = score.correct
         if conflict:
-            letter_correct = _span_letter(strict_span(text) or "")[0] == record.answer
+            letter_correct = _span_letter(strict_span(text) or "", record.choices)[0] == record.answer
         return dataclasses.replace(score, letter_correct=letter_correct)
 
     def gold_text(self, record: Record) -> str:
