@@ -11,17 +11,22 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from tiny_models import make_tiny_students
-from train_helpers import make_filtered, qrdistill_cmd, subprocess_env, tiny_config, tiny_train_section
+from train_helpers import (
+    kill_when,
+    make_filtered,
+    qrdistill_cmd,
+    subprocess_env,
+    tiny_config,
+    tiny_train_section,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -326,20 +331,10 @@ def test_killed_rl_run_resumes_and_asks_no_reward_model_call_twice(tmp_path, dis
         env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}  # tiny tensors: threads only contend
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         work = run_dir / "rl" / "llama"
-        deadline = time.time() + 300
-        try:
-            # kill once the step-2 checkpoint is complete and step 3 is done: step 3 is redone on resume
-            while not ((work / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()
-                       and (work / "log.jsonl").exists()
-                       and any(r["step"] >= every + 1 for r in _rows(work / "log.jsonl"))):
-                assert proc.poll() is None, "rl ended before the kill"
-                assert time.time() < deadline
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        # kill once the step-2 checkpoint is complete and step 3 is done: step 3 is redone on resume
+        kill_when(proc, lambda: ((work / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists()
+                                 and (work / "log.jsonl").exists()
+                                 and any(r["step"] >= every + 1 for r in _rows(work / "log.jsonl"))), "rl")
         assert not (run_dir / "rl" / "summary.json").exists(), "the kill came too late to test anything"
         stored_at_kill = _stored_ok_prompts(run_dir / "store.sqlite")
         asked_before = len(stub.requests)

@@ -14,14 +14,12 @@ import csv
 import json
 import logging
 import math
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from train_helpers import qrdistill_cmd, subprocess_env
+from train_helpers import kill_when, qrdistill_cmd, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1]
@@ -100,17 +98,7 @@ def killed_then_resumed(tmp_path_factory, models):
     proc = subprocess.Popen(qrdistill_cmd("table", "--config", str(config)), cwd=ROOT,
                             env={**subprocess_env(), "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while not (qr0 / "train" / "checkpoints" / f"step-{EVERY}").exists():
-            assert proc.poll() is None, "the table ended before QR-Distill's first checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when(proc, lambda: (qr0 / "train" / "checkpoints" / f"step-{EVERY}").exists(), "the table")
     assert not (qr0 / "train" / "summary.json").exists(), "the kill came too late to test anything"
     killed = {"before": snapshot(root), "marker": json.loads((qr0 / "table_seed.json").read_text())}
     with captured_logs() as logs:

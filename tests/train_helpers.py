@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +70,18 @@ def subprocess_env() -> dict[str, str]:
 
 def qrdistill_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "qrdistill", *args]
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout_s: float = 300.0) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds; fails if `what` ends first or is not ready within `timeout_s`."""
+    deadline = time.time() + timeout_s
+    try:
+        while not ready():
+            assert proc.poll() is None, f"{what} ended before the kill"
+            assert time.time() < deadline, f"{what}: not ready to kill after {timeout_s:.0f} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
