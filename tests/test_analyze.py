@@ -449,6 +449,27 @@ def test_paired_comparison_matches_mcnemar_on_the_same_vectors(tmp_path):
     assert row["strict_diff"] == pytest.approx((sum(strict_a) - sum(base[:30])) / 30)
 
 
+def test_an_rl_student_is_compared_with_the_distilled_student_of_its_run(tmp_path):
+    from qrdistill.evaluation.metrics import mcnemar_exact
+
+    qrd = make_run(tmp_path, "qrd", accs={"stu-a": 0.3, "rl:stu-a": 0.5, "stu-b": 0.4})
+    other = make_run(tmp_path, "other", accs={"stu-a": 0.2, "rl:stu-a": 0.6})
+    rl, distilled = _vectors(5)
+    _write_correct(qrd, "rl:stu-a", "procedural_date", rl)
+    _write_correct(qrd, "stu-a", "procedural_date", distilled)
+    rows, tasks = tables.results_rows([tables.load_run(qrd), tables.load_run(other)])
+    pairs = {(a["run"], a["key"], b["run"], b["key"]) for a, b in tables.comparison_pairs(rows)}
+    # with its own run's distilled student, never another run's (that one started from another adapter)
+    assert {("qrd", "rl:stu-a", "qrd", "stu-a"), ("other", "rl:stu-a", "other", "stu-a")} <= pairs
+    assert ("qrd", "rl:stu-a", "other", "stu-a") not in pairs and ("qrd", "rl:stu-a", "qrd", "stu-b") not in pairs
+    assert ("qrd", "rl:stu-a", "qrd", "base:tiny") in pairs
+    comps = tables.paired_comparisons(rows, tasks, n_resamples=200, seed=0)
+    row = next(c for c in comps if c["a"].endswith("rl:stu-a (qrd)") and c["b"].endswith("stu-a (qrd)")
+               and "rl:" not in c["b"] and c["task"] == "procedural_date")
+    assert row["flexible_p"] == [mcnemar_exact(rl, distilled)["p_value"]]
+    assert row["flexible_diff"] == pytest.approx((sum(rl) - sum(distilled)) / N)
+
+
 def test_paired_comparisons_over_seeds_pool_questions_and_give_p_per_seed(tmp_path):
     from qrdistill.evaluation.metrics import compare_paired, mcnemar_exact
     from qrdistill.stages import analyze

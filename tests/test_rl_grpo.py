@@ -26,6 +26,7 @@ from train_helpers import (
     subprocess_env,
     tiny_config,
     tiny_train_section,
+    torchrun_cmd,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +238,12 @@ def test_grpo_two_students_end_to_end_adapters_reload_and_evaluate(tmp_path, dis
     assert {"llama", "gpt2", "rl:llama", "rl:gpt2"} <= set(keys)
     assert ev["students"]["rl:llama"]["adapter"] == str(run_dir / "rl" / "adapters" / "llama")
     assert ev["students"]["rl:llama"]["max_new_tokens"] == ev["students"]["llama"]["max_new_tokens"]
-    assert {c["student"] for c in ev["comparisons"]} >= {"rl:llama", "rl:gpt2"}
+    # compared with its base and with the distilled student RL started from
+    against = {(c["student"], c["baseline"]) for c in ev["comparisons"]}
+    for name in ("llama", "gpt2"):
+        assert (f"rl:{name}", name) in against and (name, "rl:" + name) not in against
+        assert sorted(b for a, b in against if a == f"rl:{name}") == [f"base:{ev['students'][name]['model']}", name]
+    assert "| rl:llama | llama |" in (run_dir / "eval" / "summary.md").read_text()
     assert "rl:llama" not in ev["ensembles"]["ensemble"]["members"]
 
     # an RL adapter trained from another distilled adapter than train/ holds now is not shown beside it
@@ -356,6 +362,50 @@ def test_killed_rl_run_resumes_and_asks_no_reward_model_call_twice(tmp_path, dis
     assert [r["step"] for r in _rows(work / "log.jsonl")] == list(range(1, steps + 1))
     assert summary["students"]["llama"]["resumed_from"].endswith(f"checkpoint-{every}")
     assert (run_dir / "rl" / "adapters" / "llama" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow  # two torchrun processes: about a minute on 2 cores
+def test_torchrun_two_cpu_processes_share_one_grpo_run_and_one_store(tmp_path, distilled):
+    """Under torchrun each process scores its own completions (the `llm` extractor, both on D's store); rank 0
+    alone writes the log, the adapter and the summaries; every process exits cleanly."""
+    pytest.importorskip("trl")
+    from openai_stub import OpenAIStub
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from qrdistill.store import Store
+
+    models, src = distilled
+    run_dir = _copy(src, tmp_path / "run")
+    with OpenAIStub(reply=_judge_reply) as stub:
+        backend = {"kind": "openai", "base_url": stub.base_url, "model": "stub-judge", "api_key_env": None,
+                   "max_retries": 0, "temperature": 0.0}
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"run_dir": str(run_dir), "train": tiny_train_section(models, max_steps=2),
+                                          "rl": {**TINY_RL, "students": ["llama"],
+                                                 "rewards": {"extractor": "llm", "backend": backend}}}))
+        env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(torchrun_cmd(2, "rl", "--config", str(config)), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=400)
+        asked = len(stub.requests)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for bad in ("Traceback", "destroy_process_group() was not called", "abort"):
+        assert bad.lower() not in res.stderr.lower(), bad
+    assert "on each of 2 processes" in res.stderr
+    summary = json.loads((run_dir / "rl" / "summary.json").read_text())
+    st = summary["students"]["llama"]
+    assert st["processes"] == 2 and st["steps"] == TINY_RL["max_steps"]
+    assert [r["step"] for r in _rows(run_dir / "rl" / "llama" / "log.jsonl")] == [1, 2]  # one row per step
+    assert (run_dir / "meta" / "rl.json").exists()
+    # both processes' completions were scored through the one store, each extraction asked once
+    with Store(run_dir / "store.sqlite") as store:
+        assert store.reissued_keys() == []
+    stored = _stored_ok_prompts(run_dir / "store.sqlite")
+    per_step = TINY_RL["questions_per_step"] * TINY_RL["num_generations"] * 2  # completions, both processes
+    assert asked == len(stored) and len(stored) > per_step * TINY_RL["max_steps"] / 2
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models[0]),
+                                      str(run_dir / "rl" / "adapters" / "llama"))
+    assert any("lora_" in k for k in model.state_dict())
 
 
 # ---------------------------------------------------------------- the real student (slow; not run by default here)

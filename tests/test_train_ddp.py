@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from tiny_models import make_tiny_students
-from train_helpers import make_filtered, subprocess_env, write_config
+from train_helpers import make_filtered, subprocess_env, torchrun_cmd, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,11 +20,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     run_dir.mkdir()
     shutil.copy(filtered, run_dir / "filtered.jsonl")
     config = write_config(tmp_path / "c.yaml", run_dir, models, epochs=2, batch_size=2)
-    with socket.socket() as sock:  # a free port: other tests (or engineers) may hold torchrun's default
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "qrdistill", "train", "--config", str(config)]
+    cmd = torchrun_cmd(2, "train", "--config", str(config))
     res = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     for bad in ("abort", "destroy_process_group() was not called", "Traceback"):

@@ -72,6 +72,18 @@ def qrdistill_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "qrdistill", *args]
 
 
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    """`qrdistill <args>` under torchrun on `nproc` local processes, on a free port (other tests, or engineers,
+    may hold torchrun's default)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+            "-m", "qrdistill", *args]
+
+
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout_s: float = 300.0) -> None:
     """SIGKILL `proc` as soon as `ready()` holds; fails if `what` ends first or is not ready within `timeout_s`."""
     deadline = time.time() + timeout_s

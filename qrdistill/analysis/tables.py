@@ -502,11 +502,17 @@ def load_predictions(run_dir: str | Path, key: str, task: str) -> dict[str, dict
 
 def comparison_pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(A, B) results rows to compare, A - B: each trained student with the zero-shot base of its model;
-    and methods that trained the same student (name and model), each against plain QR-Distill when
-    there is one, else every pair. Ensembles have no per-question file of their own and are left out."""
+    an RL student (`rl:<name>`) with the distilled student of its run it started from; and methods that
+    trained the same student (name and model), each against plain QR-Distill when there is one, else
+    every pair. Ensembles have no per-question file of their own and are left out."""
+    from qrdistill.stages.evaluate import RL_PREFIX
+
     trained = [r for r in rows if r["kind"] == "trained"]
     bases = {r["key"]: r for r in rows if r["kind"] == "base"}
     pairs = [(r, bases[r["base_key"]]) for r in trained if r["base_key"] in bases]
+    distilled = {(r["name"], r["model_id"], r["run"]): r for r in trained}
+    pairs += [(r, d) for r in trained if r["name"].startswith(RL_PREFIX)
+              and (d := distilled.get((r["name"].removeprefix(RL_PREFIX), r["model_id"], r["run"]))) is not None]
     same: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for r in trained:
         same.setdefault((r["name"], r["model_id"]), []).append(r)

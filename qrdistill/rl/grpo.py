@@ -393,6 +393,14 @@ def _quiet_checkpointing_renames() -> Iterator[None]:
         yield
 
 
+def process_state(cuda: bool) -> Any:
+    """accelerate's state of this process (under torchrun / accelerate launch: one of several, in one process
+    group with gloo on CPU); TRL's trainer later joins the same state."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not cuda)
+
+
 def grpo_args(run: StudentRun, cuda: bool, bf16: bool) -> Any:
     from trl import GRPOConfig
 
@@ -442,11 +450,13 @@ def train_student(run: StudentRun) -> dict[str, Any]:
     from trl import GRPOTrainer
 
     cuda = torch.cuda.is_available()
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    state = process_state(cuda)
     fp_file = run.work / "fingerprint"
     same = fp_file.exists() and fp_file.read_text(encoding="utf-8").strip() == run.fingerprint
     resume = last_checkpoint(run.work / CHECKPOINTS) if same else None
-    if rank0:
+    # Every process decides from the same files: none may read them after rank 0 has cleared them.
+    state.wait_for_everyone()
+    if state.is_main_process:
         run.work.mkdir(parents=True, exist_ok=True)
         if not same:
             if (run.work / CHECKPOINTS).exists():
@@ -513,6 +523,7 @@ def student_summary(run: StudentRun, terms: Sequence[str], ledger: RewardLedger,
         "seed": run.seed,
         "steps": len(rows),
         "questions": len(run.questions),
+        "processes": args.world_size,  # each step: questions_per_step x num_generations completions per process
         "resumed_from": str(resume) if resume is not None else None,
         "max_completion_length": run.max_completion_length,
         "terms": list(terms),

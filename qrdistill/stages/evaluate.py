@@ -699,7 +699,8 @@ def _server_settings(ecfg: Any) -> dict[str, Any]:
 
 
 def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict[str, Any]]:
-    """Each trained student against the zero-shot base it was trained from, on the same questions.
+    """Each trained student against the zero-shot base it was trained from, on the same questions; an RL
+    student (`rl:<name>`) also against the distilled student it started from, which is what RL changed.
 
     Flexible and strict accuracy each get the difference with a paired bootstrap interval (questions
     resampled, both systems together) and an exact McNemar p-value.
@@ -707,11 +708,15 @@ def compare_with_base(targets, tasks, predictions, ecfg, seed: int) -> list[dict
     from qrdistill.evaluation.metrics import compare_paired
 
     by_key = {t.key: t for t in targets}
-    out = []
+    pairs = []
     for t in targets:
-        base = by_key.get(BASE_PREFIX + t.model)
-        if t.adapter is None or base is None:
+        if t.adapter is None:
             continue
+        pairs += [(t, b) for b in (by_key.get(BASE_PREFIX + t.model),
+                                   by_key.get(t.key.removeprefix(RL_PREFIX)) if t.key.startswith(RL_PREFIX) else None)
+                  if b is not None]
+    out = []
+    for t, base in pairs:
         for et in tasks:
             mine = {r["qid"]: r for r in predictions[t.key][et.label]}
             theirs = {r["qid"]: r for r in predictions[base.key][et.label]}
@@ -800,13 +805,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                  f"{_pct(s['tasks'][t]['ci_high'])}]" for t in tasks]
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {_pct(s['average'])} |")
     if summary.get("comparisons"):
-        lines += ["", "Trained student vs its zero-shot base, same questions (difference in points, paired "
-                  f"bootstrap {conf}% interval, exact McNemar p):", "",
-                  "| student | task | flexible: diff [interval] | p | strict: diff [interval] | p |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "Trained student vs its zero-shot base (an RL student also vs its distilled student), same "
+                  f"questions (difference in points, paired bootstrap {conf}% interval, exact McNemar p):", "",
+                  "| student | vs | task | flexible: diff [interval] | p | strict: diff [interval] | p |",
+                  "|---|---|---|---|---|---|---|"]
         for c in summary["comparisons"]:
             f, st = c["flexible"], c["strict"]
-            lines.append(f"| {c['student']} | {c['task']} | {_pts(f['diff'])} [{_pts(f['ci_low'])}, "
+            lines.append(f"| {c['student']} | {c['baseline']} | {c['task']} | {_pts(f['diff'])} [{_pts(f['ci_low'])}, "
                          f"{_pts(f['ci_high'])}] | {_p(f['p_value'])} | {_pts(st['diff'])} [{_pts(st['ci_low'])}, "
                          f"{_pts(st['ci_high'])}] | {_p(st['p_value'])} |")
     conflicts = sum(a.get("conflicts", 0) for s in summary["students"].values() for a in s["tasks"].values())

@@ -116,7 +116,7 @@ def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
     from qrdistill.errors import MissingArtifactError
     from qrdistill.io import atomic_write_json, git_sha, write_run_meta
     from qrdistill.rl.data import choose_reference, read_routing, training_questions
-    from qrdistill.rl.grpo import StudentRun, require_trl, train_student
+    from qrdistill.rl.grpo import StudentRun, process_state, require_trl, train_student
     from qrdistill.rl.rewards import RewardContext
     from qrdistill.stages.generate import STORE_FILE
     from qrdistill.stages.train import recover
@@ -125,8 +125,12 @@ def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
     rc = cfg.rl
     students = _students(cfg)
-    if _rank() == 0:
+    import torch
+
+    state = process_state(torch.cuda.is_available())
+    if state.is_main_process:
         recover(run_dir)
+    state.wait_for_everyone()
     train_dir = run_dir / "train"
     train_summary, why = check_training(train_dir, [s.name for s in students])
     if train_summary is None:
@@ -159,9 +163,10 @@ def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
             refs = {q.qid: choose_reference(q, spec.name, rc.rewards.reference, seed, routed, probs)
                     for q in questions}  # fmt: skip
             fallbacks = sum(r.source == "fallback" for r in refs.values())
-            log.info("rl %s: GRPO on %d questions, %d steps of %d x %d completions (max %d tokens); "
+            log.info("rl %s: GRPO on %d questions, %d steps of %d x %d completions%s (max %d tokens); "
                      "reference paths: %s%s", spec.name, len(questions), rc.max_steps, rc.questions_per_step,
-                     rc.num_generations, length, rc.rewards.reference,
+                     rc.num_generations, f" on each of {state.num_processes} processes"
+                     if state.num_processes > 1 else "", length, rc.rewards.reference,
                      f" ({fallbacks} not routed to {spec.name}: fallback)" if fallbacks else "")
             summary = train_student(StudentRun(
                 spec=spec, adapter_in=train_dir / "adapters" / spec.name, adapter_out=adapter_out, work=work,
@@ -170,11 +175,11 @@ def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
                 stop_at_answer=cfg.evaluate.stop_at_answer,
                 distilled_adapter=(train_summary.get("adapters") or {}).get(spec.name),
             ))  # fmt: skip
-            if _rank() == 0:
+            if state.is_main_process:
                 atomic_write_json(work / SUMMARY_FILE, summary)
             results[spec.name] = summary
         calls = _reward_calls(store, since, usage0) if store is not None else {"extractor": "claims", "issued": 0}
-    if _rank() != 0:
+    if not state.is_main_process:
         return {}
     summary = {
         "students": results,
