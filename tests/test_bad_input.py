@@ -96,8 +96,10 @@ def test_unknown_style(tmp_path):
         ("generate:\n  teacher:\n    kind: foo\n", ["c.yaml:3", "generate.teacher", "foo"]),
         ("generate:\n  styles: [cot]\n  temprature: 0.3\n", ["c.yaml:4", "generate.temprature", "unknown field"]),
         ("filter:\n  judge:\n    kind: steps\n    tolerance: -1\n", ["c.yaml:5", "filter.judge.tolerance"]),
+        ("train:\n  students:\n    - {name: rl_gemma, model: gemma3-270m}\n    - {name: b, model: gemma3-270m}\n",
+         ["c.yaml:4", "train.students.0.name", "may not start with 'base_' or 'rl_'"]),
     ],
-    ids=["samples_per_style=0", "teacher.kind=foo", "unknown-field", "negative-tolerance"],
+    ids=["samples_per_style=0", "teacher.kind=foo", "unknown-field", "negative-tolerance", "student-named-rl_"],
 )
 def test_invalid_config_value(tmp_path, yaml_text, needles):
     # Line 1 of the file is run_dir, so the numbers above count it.

@@ -153,6 +153,12 @@ def test_bad_rl_config_is_one_clear_error(tmp_path, distilled, monkeypatch):
     with pytest.raises(ConfigError, match=r"rl\.students: 'nope' is not a student of train\.students "
                                           r"\(students: llama, gpt2\)"):
         rl_stage.run(_config(run_dir, models, {**TINY_RL, "students": ["nope"]}), run_dir)
+    # fewer training questions than one step takes: an error, not a 0-step run that passes for RL
+    copy = _copy(run_dir, tmp_path / "few")
+    with pytest.raises(ConfigError, match=r"rl\.questions_per_step: 1000 questions per step need at least 1000 "
+                                          r"training questions; .*filtered\.jsonl has \d+ with a kept path"):
+        rl_stage.run(_config(copy, models, {**TINY_RL, "questions_per_step": 1000}), copy)
+    assert not (copy / "rl").exists()
     # before training: says which stage to run
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -255,6 +261,10 @@ def test_grpo_two_students_end_to_end_adapters_reload_and_evaluate(tmp_path, dis
     (run_dir / "train" / "summary.json").write_text(json.dumps(ts))
     keys = {t.key for t in select_targets(cfg, run_dir)[0]}
     assert "rl:llama" not in keys and {"llama", "rl:gpt2"} <= keys
+    # nor one its summary does not describe (an adapter saved by a run killed before its summary)
+    config_file = run_dir / "rl" / "adapters" / "gpt2" / "adapter_config.json"
+    config_file.write_text(config_file.read_text() + "\n")
+    assert "rl:gpt2" not in {t.key for t in select_targets(cfg, run_dir)[0]}
 
 
 def test_resumed_grpo_ends_where_an_uninterrupted_one_does(tmp_path, distilled, caplog):
@@ -373,10 +383,18 @@ def test_torchrun_two_cpu_processes_share_one_grpo_run_and_one_store(tmp_path, d
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from qrdistill.rl.grpo import CHECKPOINT_FILES
     from qrdistill.store import Store
 
     models, src = distilled
     run_dir = _copy(src, tmp_path / "run")
+    # what a run of another config left: its fingerprint and a complete-looking checkpoint, which every process
+    # must see as stale (none may resume from it while rank 0 deletes it)
+    stale = run_dir / "rl" / "llama" / "checkpoints" / "checkpoint-9"
+    stale.mkdir(parents=True)
+    for name in CHECKPOINT_FILES:
+        (stale / name).write_text("{}")
+    (run_dir / "rl" / "llama" / "fingerprint").write_text("another-config\n")
     with OpenAIStub(reply=_judge_reply) as stub:
         backend = {"kind": "openai", "base_url": stub.base_url, "model": "stub-judge", "api_key_env": None,
                    "max_retries": 0, "temperature": 0.0}
@@ -391,18 +409,23 @@ def test_torchrun_two_cpu_processes_share_one_grpo_run_and_one_store(tmp_path, d
     assert res.returncode == 0, res.stderr[-3000:]
     for bad in ("Traceback", "destroy_process_group() was not called", "abort"):
         assert bad.lower() not in res.stderr.lower(), bad
-    assert "on each of 2 processes" in res.stderr
+    assert "on each of 2 processes" in res.stderr and "resuming from" not in res.stderr
+    assert not stale.exists()
     summary = json.loads((run_dir / "rl" / "summary.json").read_text())
     st = summary["students"]["llama"]
     assert st["processes"] == 2 and st["steps"] == TINY_RL["max_steps"]
     assert [r["step"] for r in _rows(run_dir / "rl" / "llama" / "log.jsonl")] == [1, 2]  # one row per step
     assert (run_dir / "meta" / "rl.json").exists()
-    # both processes' completions were scored through the one store, each extraction asked once
+    # both processes scored their completions through the one store, each call asked once
     with Store(run_dir / "store.sqlite") as store:
         assert store.reissued_keys() == []
-    stored = _stored_ok_prompts(run_dir / "store.sqlite")
-    per_step = TINY_RL["questions_per_step"] * TINY_RL["num_generations"] * 2  # completions, both processes
-    assert asked == len(stored) and len(stored) > per_step * TINY_RL["max_steps"] / 2
+    db = sqlite3.connect(str(run_dir / "store.sqlite"))
+    try:
+        (pids,), = db.execute("SELECT COUNT(DISTINCT pid) FROM batches WHERE kind = 'judge'").fetchall()
+    finally:
+        db.close()
+    assert pids == 2
+    assert asked == len(_stored_ok_prompts(run_dir / "store.sqlite"))
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models[0]),
                                       str(run_dir / "rl" / "adapters" / "llama"))
     assert any("lora_" in k for k in model.state_dict())
@@ -437,7 +460,7 @@ def test_gemma_grpo_after_a_short_distillation_saves_an_adapter_that_reloads(tmp
     assert sum("lora_" in k for k in model.state_dict()) > 0
 
 
-def test_auto_completion_length_covers_the_longest_task_and_students_do_not_change_the_fingerprint():
+def test_auto_completion_length_covers_the_longest_task_and_students_or_judge_address_do_not_change_the_fingerprint():
     """auto gives RL completions what evaluate gives each task's answers (1.25 x its p99), for the task with the
     longest responses, since one GRPO run mixes every task's questions; the overall p99 would cut that task."""
     from qrdistill.config import RunConfig
@@ -453,6 +476,15 @@ def test_auto_completion_length_covers_the_longest_task_and_students_do_not_chan
     assert fingerprint(one, 0, summary, "llama", 150) == fingerprint(cfg, 0, summary, "llama", 150)
     steps = RunConfig.model_validate({**cfg.model_dump(mode="json"), "rl": {"max_steps": 7}})
     assert fingerprint(steps, 0, summary, "llama", 150) != fingerprint(cfg, 0, summary, "llama", 150)
+
+    # the judge server reached at another address or with other limits: the same training; another judge: not
+    def judged(**backend):
+        backend = {"kind": "openai", "model": "judge-7b", "base_url": "http://127.0.0.1:8001/v1", **backend}
+        rl = {"rewards": {"extractor": "llm", "backend": backend}}
+        return fingerprint(RunConfig.model_validate({**cfg.model_dump(mode="json"), "rl": rl}), 0, summary, "llama", 150)
+
+    assert judged() == judged(base_url="http://10.0.0.5:9000/v1", max_concurrency=2, timeout=5.0, max_retries=0)
+    assert judged() != judged(model="judge-70b") and judged() != judged(temperature=0.3)
 
 
 def test_rewards_read_the_completion_as_evaluate_cuts_it():

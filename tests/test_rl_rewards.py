@@ -355,6 +355,36 @@ def test_an_unparseable_verdict_is_no_match_with_a_note(tmp_path) -> None:
     assert res.value == 0.0 and "think: unparseable verdict" in res.reason
 
 
+class MatchOutage(FakeJudge):
+    """Extracts steps, but every match call fails (HTTP 503), as a judge server that goes down mid-run."""
+
+    def generate(self, requests: Sequence[Request], on_result, progress=None) -> None:
+        for req in requests:
+            if "REASONING:\n" in req.messages[0]["content"]:
+                super().generate([req], on_result, progress)
+            else:
+                self.calls += 1
+                on_result(req, Completion(text=None, status="error", error="HTTP 503: upstream unavailable"))
+
+
+def test_a_failed_match_call_is_a_recorded_failure_not_a_mismatch(tmp_path, caplog) -> None:
+    r, _, text, _ = _paths("procedural_arith", 1, styles=("cot",))[0]
+    rec = TaskRecord("procedural_arith", r)
+    with Store(tmp_path / "s.sqlite") as store:
+        ex = LLMExtractor(CachedCaller(MatchOutage(), store))
+        with caplog.at_level(logging.WARNING, logger="qrdistill.rl.rewards.structure"):
+            res = structure_result(text, "q", text, ex)
+        assert res.value == 0.0 and res.failed
+        assert "step match call failed" in res.reason and "HTTP 503" in res.reason and res.reason in caplog.text
+        total = total_reward("p", text, rec, text, RewardConfig(), RewardContext(extractor=ex))
+        assert total.failed == ("structure",) and "HTTP 503" in total.reasons["structure"]
+    # an unparseable verdict is a judged mismatch with a note, not a failure (the reply exists and is stored)
+    with Store(tmp_path / "t.sqlite") as store:
+        res = structure_result(text, "q", text, LLMExtractor(CachedCaller(
+            FakeJudge(lambda p: json.dumps(GOOD_STEPS) if "REASONING:" in p else "I don't know"), store)))
+    assert not res.failed and "unparseable verdict" in res.reason
+
+
 # ---------------------------------------------------------------- every reward-model call is cached
 
 

@@ -77,6 +77,11 @@ class StudentConfig(BaseModel):
     def _name(cls, v: str) -> str:
         if not _NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid student name (letters, digits, '_' or '-', at most 64)")
+        # eval/<folder> of the base model (base:<model>), the RL student (rl:<name>) and the label-prefix
+        # evaluation (<name>@label) are these forms: a student named so would share their folder
+        if v.startswith(("base_", "rl_")) or v.endswith("_label"):
+            raise ValueError(f"{v!r}: a student name may not start with 'base_' or 'rl_' nor end with '_label' "
+                             "(evaluation folders of base models, RL students and label-prefix runs are named so)")
         return v
 
 

@@ -15,8 +15,9 @@ of a step already scored (before a kill, say) are read back, not asked again.
 Artifacts (rank 0), under `work` = D/rl/<student>/:
 - checkpoints/checkpoint-<step>/: TRL checkpoints (adapter, optimizer, scheduler, RNG state), every
   `rl.checkpoint_every` steps, the newest `rl.keep_checkpoints` kept; a rerun resumes from the newest
-  complete one, and resumes the same sampling (TRL restores the RNG state), so the steps redone after
-  a kill produce the same completions and their reward-model calls come from the store;
+  complete one, and resumes the same sampling (TRL restores the RNG state), so on CPU the steps redone
+  after a kill produce the same completions and their reward-model calls come from the store (CUDA
+  kernels need not be deterministic: new completions there cost new calls, none is asked twice);
 - log.jsonl: one row per step: mean of each reward term, total reward, KL, loss, wall time of the step
   and the seconds of it spent in reward functions (extraction, matching and their model calls);
 - tb/: the same as TensorBoard scalars (when tensorboard is installed).
@@ -82,6 +83,19 @@ class RewardLedger:
             self.failed[term] += 1
         if reason:
             self.reasons.setdefault(term, Counter())[reason[:200]] += 1
+
+    def gathered(self, state: Any) -> RewardLedger:
+        """The failures of every process (in one process: this ledger); seconds and values stay this process's."""
+        if state.num_processes == 1:
+            return self
+        from accelerate.utils import gather_object
+
+        out = RewardLedger(self.seconds, self.values)
+        for failed, reasons in gather_object([(dict(self.failed), {t: dict(c) for t, c in self.reasons.items()})]):
+            out.failed.update(failed)
+            for t, c in reasons.items():
+                out.reasons.setdefault(t, Counter()).update(c)
+        return out
 
 
 class BatchedExtractor:
@@ -490,10 +504,15 @@ def train_student(run: StudentRun) -> dict[str, Any]:
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         elapsed = time.perf_counter() - started
+    if trainer.state.global_step < run.rl.max_steps:
+        # a short run must not pass for a finished one (its adapter would be shown as RL's)
+        raise DataError(f"rl {run.spec.name}: GRPO stopped after {trainer.state.global_step} of "
+                        f"{run.rl.max_steps} steps (rl.max_steps): TRL's sampler ran out of questions")
     summary: dict[str, Any] = {}
+    everyone = ledger.gathered(state)
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, run.adapter_out)
-        summary = student_summary(run, terms, ledger, resume, elapsed, args)
+        summary = student_summary(run, terms, everyone, resume, elapsed, args)
     trainer.accelerator.wait_for_everyone()
     del trainer, policy
     return summary
@@ -535,7 +554,7 @@ def student_summary(run: StudentRun, terms: Sequence[str], ledger: RewardLedger,
         "reward_share": (sum(s for _, s in timed) / sum(w for w, _ in timed)) if timed and sum(
             w for w, _ in timed) > 0 else None,
         "train_seconds_this_run": elapsed,
-        # this process only (a resumed run does not know the killed one's); the log has every step
+        # every process's, of this run only (a resumed run does not know the killed one's)
         "reward_failures": dict(ledger.failed),
         "reward_failure_reasons": {t: dict(c.most_common(TOP_REASONS)) for t, c in ledger.reasons.items()},
         "references": dict(Counter(run.refs[q.qid].source for q in run.questions)),

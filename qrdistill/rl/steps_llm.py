@@ -140,28 +140,30 @@ class LLMExtractor:
     def extract(self, text: str, question: str) -> StepsResult:
         return self.extract_many([(text, question)])[0]
 
-    def _verdicts(self, pairs: Sequence[tuple[str, str, str]]) -> list[tuple[bool, str | None]]:
+    def _verdicts(self, pairs: Sequence[tuple[str, str, str]]) -> list[tuple[bool, str | None, bool]]:
+        """(matched, note, the call failed) per (part, student text, reference text)."""
         prompts = [build_match_prompt(part, s, r) for part, s, r in pairs]
-        out: list[tuple[bool, str | None]] = []
+        out: list[tuple[bool, str | None, bool]] = []
         for (part, _, _), reply in zip(pairs, self.caller.ask(prompts, {"rl": "match"}), strict=True):
             if reply.error is not None:
-                out.append((False, f"{part}: {reply.error}"))
+                out.append((False, f"{part}: {reply.error}", True))
                 continue
             v = parse_verdict(reply.text)
             out.append((bool(v), None if v is not None else f"{part}: unparseable verdict "
-                                                             f"{_snippet(reply.text or '')!r}"))  # fmt: skip
+                                                             f"{_snippet(reply.text or '')!r}", False))  # fmt: skip
         return out
 
     def match(self, student: Step, reference: Step) -> StepMatch:
-        (think, note), = self._verdicts([("think", student.sub_think, reference.sub_think)])
-        notes = [note] if note else []
-        if not think:
-            return StepMatch(False, False, False, tuple(notes))
-        (query, qn), (answer, an) = self._verdicts(
-            [("query", student.query, reference.query), ("answer", student.answer, reference.answer)]
-        )
-        notes += [n for n in (qn, an) if n]
-        return StepMatch(True, query, answer, tuple(notes))
+        verdicts = self._verdicts([("think", student.sub_think, reference.sub_think)])
+        if verdicts[0][0]:
+            verdicts += self._verdicts(
+                [("query", student.query, reference.query), ("answer", student.answer, reference.answer)]
+            )
+        notes = tuple(n for _, n, _ in verdicts if n)
+        errors = tuple(n for _, n, failed in verdicts if failed and n)
+        if not verdicts[0][0]:
+            return StepMatch(False, False, False, notes, errors)
+        return StepMatch(True, verdicts[1][0], verdicts[2][0], notes, errors)
 
 
 def llm_extractor(backend_config: Any, store: Any, prompt: str | None = None) -> LLMExtractor:

@@ -271,9 +271,10 @@ def load_eval_tasks(cfg: Any, limit: int | None) -> list[EvalTask]:
 
 
 def rl_adapter_of(run_dir: Path, student: str) -> Path | None:
-    """D/rl/adapters/<student> when `qrdistill rl` trained it from the distilled adapter train/ holds now; an RL
-    adapter from an earlier training (train/ redone since) is skipped with a warning, not shown beside it."""
-    from qrdistill.train.artifacts import adapter_dir
+    """D/rl/adapters/<student> when `qrdistill rl` trained it from the distilled adapter train/ holds now and
+    its summary describes this adapter; an RL adapter from an earlier training (train/ redone since), or one
+    saved by a run killed before its summary, is skipped with a warning, not shown beside it."""
+    from qrdistill.train.artifacts import adapter_digest, adapter_dir
 
     found = adapter_dir(run_dir / "rl" / "adapters" / student)
     if found is None:
@@ -281,11 +282,12 @@ def rl_adapter_of(run_dir: Path, student: str) -> Path | None:
     rl_summary = run_dir / "rl" / student / "summary.json"
     train_summary = run_dir / "train" / "summary.json"
     try:
-        started = read_json(rl_summary).get("distilled_adapter")
+        summary = read_json(rl_summary)
+        started, saved = summary.get("distilled_adapter"), summary.get("adapter_digest")
         now = (read_json(train_summary).get("adapters") or {}).get(student)
     except (DataError, AttributeError):
-        started, now = None, None
-    if started is None or started != now:
+        started, saved, now = None, None, None
+    if started is None or started != now or saved != adapter_digest(found):
         log.warning("%s%s: skipped: %s does not record RL from the distilled adapter in %s (train/ changed "
                     "since, or the RL run did not finish); run `qrdistill rl` again", RL_PREFIX, student,
                     rl_summary, train_summary)

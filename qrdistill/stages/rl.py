@@ -35,6 +35,10 @@ SUMMARY_FILE = "summary.json"
 AUTO_FACTOR = 1.25
 #: max_completion_length: auto without training response lengths
 DEFAULT_COMPLETION_LENGTH = 256
+#: fields of `rl.rewards.backend` that say how the judge is reached, not what it answers (the store's key
+#: leaves them out too)
+JUDGE_TRANSPORT = ("base_url", "api_key_env", "max_concurrency", "timeout", "max_retries", "backoff_base",
+                   "backoff_max", "requests_per_minute", "max_response_bytes", "batch_size", "device")
 
 
 def _rank() -> int:
@@ -79,8 +83,10 @@ def completion_length(cfg: Any, train_summary: dict[str, Any], name: str) -> int
 
 def fingerprint(cfg: Any, seed: int, train_summary: dict[str, Any], name: str, length: int) -> str:
     """Identifies one student's RL: the rl config, seed, the training it starts from and its adapter."""
-    # Which students run and how often checkpoints are kept do not change a student's training.
-    rl = cfg.rl.model_dump(mode="json", exclude={"students", "checkpoint_every", "keep_checkpoints"})
+    # Which students run, how often checkpoints are kept and how the judge server is reached do not change
+    # a student's training (a judge back on another port must not cost the checkpoints).
+    rl = cfg.rl.model_dump(mode="json", exclude={"students": True, "checkpoint_every": True, "keep_checkpoints": True,
+                                                 "rewards": {"backend": set(JUDGE_TRANSPORT)}})
     blob = {"rl": rl, "seed": seed, "length": length, "stop_at_answer": cfg.evaluate.stop_at_answer,
             "train": train_summary.get("fingerprint"), "adapter": (train_summary.get("adapters") or {}).get(name),
             "student": next(s.model_dump(mode="json") for s in cfg.train.students if s.name == name)}  # fmt: skip
@@ -113,7 +119,7 @@ def _extractor(cfg: Any, store: Any) -> Any:
 
 
 def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    from qrdistill.errors import MissingArtifactError
+    from qrdistill.errors import ConfigError, MissingArtifactError
     from qrdistill.io import atomic_write_json, git_sha, write_run_meta
     from qrdistill.rl.data import choose_reference, read_routing, training_questions
     from qrdistill.rl.grpo import StudentRun, process_state, require_trl, train_student
@@ -137,6 +143,13 @@ def _run(cfg: Any, run_dir: Path) -> dict[str, Any]:
         raise MissingArtifactError(f"{why}; RL starts from the distilled adapters: run `qrdistill train` first")
     require_trl()
     questions = training_questions(cfg, run_dir)
+    # TRL's sampler draws only whole steps of questions_per_step questions per process: fewer questions
+    # than one step would end training at step 0 with a warning and the distilled adapter saved as RL's.
+    if len(questions) < rc.questions_per_step * state.num_processes:
+        raise ConfigError(f"rl.questions_per_step: {rc.questions_per_step} questions per step"
+                          f"{f' on each of {state.num_processes} processes' if state.num_processes > 1 else ''} "
+                          f"need at least {rc.questions_per_step * state.num_processes} training questions; "
+                          f"{run_dir / 'filtered.jsonl'} has {len(questions)} with a kept path")
     routed, probs = read_routing(train_dir) if rc.rewards.reference == "routed" else ({}, {})
     if rc.rewards.reference == "routed" and not routed:
         log.warning("rl: %s has no routing log; every reference path falls back (rl.rewards.reference: routed)",

@@ -41,12 +41,14 @@ class Step:
 @dataclass(frozen=True)
 class StepMatch:
     """Whether a student step matches the reference step at the same position, part by part.
-    `notes`: reasons a part was judged unmatched without a clear verdict (an unparseable reply)."""
+    `notes`: reasons a part was judged unmatched without a clear verdict (an unparseable reply, or no
+    reply); `errors`: those of them where the reward model gave no reply at all (a failed call)."""
 
     think_ok: bool
     query_ok: bool
     answer_ok: bool
     notes: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,17 @@ def structure_result(
     got = ex.extract(completion, question)
     if not got.ok:
         return fail(f"student path unreadable: {got.error}", failed=True, student=got, reference=ref)
-    values, notes = step_values(got.steps, ref.steps, ex.match)
+    errors: list[str] = []
+
+    def match(student: Step, reference: Step) -> StepMatch:
+        m = ex.match(student, reference)
+        errors.extend(m.errors)
+        return m
+
+    values, notes = step_values(got.steps, ref.steps, match)
+    if errors:
+        # an outage is not a mismatch: scoring it as one would train on the judge's failures
+        return fail(f"step match call failed: {'; '.join(errors)}", failed=True, student=got, reference=ref)
     if notes:
         log.warning("structure reward (%s extractor): %s", ex.name, "; ".join(notes))
     value = sum(values) / len(ref.steps)
