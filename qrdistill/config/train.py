@@ -262,10 +262,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup share of the steps, then decay.")
     scheduler: Literal["linear", "constant_with_warmup", "cosine"] = Field(
-        "constant_with_warmup",
-        description="Learning-rate schedule of the students and the mutual head (the router has its own). Constant "
-        "after warmup by default: under linear decay SmolLM2 ended the demo underfit (distillation loss 0.25-0.34 "
-        "against Gemma's 0.17-0.20), and a higher peak rate (2e-3) made it repeat lines.",
+        "linear", description="Learning-rate schedule of the students and the mutual head (the router has its own)."
     )
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast on GPU (accelerate).")
