@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from train_helpers import (
+    kill_when,
     make_filtered,
     qrdistill_cmd,
     subprocess_env,
@@ -135,20 +136,12 @@ def test_case3_retrain_with_changed_config_keeps_the_finished_training_until_the
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 300
-    try:
-        # The new training's first checkpoint, wherever it writes it.
-        while not [
-            p for p in run_dir.glob("train*/checkpoints/step-*/checkpoint.json") if p.stat().st_mtime > t0
-        ]:
-            assert proc.poll() is None, "the changed training ended before its first checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # killed at the new training's first checkpoint, wherever it writes it
+    kill_when(
+        proc,
+        lambda: any(p.stat().st_mtime > t0 for p in run_dir.glob("train*/checkpoints/step-*/checkpoint.json")),
+        "the changed training",
+    )
     assert proc.returncode == -signal.SIGKILL, "the changed training finished before it was killed"
 
     # The finished training is untouched, file for file (checkpoints, summary, tb, logs, adapters) ...

@@ -124,6 +124,9 @@ def test_extra_student_steps_are_ignored_and_missing_ones_score_zero() -> None:
         ("nope", None), ("yeah", None), ("yep", None), ("no-one can say", None),
         ("", None), (None, None), ("yes or no", None), ("Yes/No", None), ("Yes and no", None),
         ("The answer is yes", None),
+        # both words: the reply takes both sides
+        ("Yes, no.", None), ("No. Yes.", None), ("yes no", None), ("No, no.", None), ("Yes - no", None),
+        ("Yes, nothing differs.", True), ("No, nobody would say so.", False), ("Yes, because no step differs.", True),
     ],
 )  # fmt: skip
 def test_parse_verdict_is_strict(reply: str | None, verdict: bool | None) -> None:
@@ -141,7 +144,8 @@ def test_a_verdict_word_that_runs_on_is_not_a_verdict(word: str, tail: str, rest
 @given(st.sampled_from(["yes", "no"]), st.sampled_from([".", ",", "!", " ", ".\n", ""]), st.text())
 def test_a_leading_verdict_word_decides(word: str, sep: str, rest: str) -> None:
     got = parse_verdict(word + sep + (rest if sep else ""))
-    if sep.strip() == "" and re.match(r"\s*(?:or|/|and)\s*(?:yes|no)\b", rest, re.IGNORECASE):
+    # the other word next ("yes or no", "Yes, no.") takes both sides
+    if sep and re.match(r"[\s*_`\"')\].,;:!?-]*(?:(?:or|and)\b|/)?[\s*_`\"'(\[]*(?:yes|no)\b", sep + rest, re.I):
         assert got is None
     else:
         assert got is (word == "yes")
@@ -353,6 +357,31 @@ def test_an_unparseable_verdict_is_no_match_with_a_note(tmp_path) -> None:
     with Store(tmp_path / "s.sqlite") as store:
         res = structure_result("a path", "q", "a path", LLMExtractor(CachedCaller(FakeJudge(reply), store)))
     assert res.value == 0.0 and "think: unparseable verdict" in res.reason
+
+
+class CutJudge(FakeJudge):
+    """Stops every extraction reply at a token limit, as a server with too small a max_tokens does:
+    the JSON ends mid-string and the backend says finish_reason "length"."""
+
+    def generate(self, requests: Sequence[Request], on_result, progress=None) -> None:
+        for req in requests:
+            self.calls += 1
+            full = self.answer(req.messages[0]["content"])
+            on_result(req, Completion(text=full[:40], prompt_tokens=1, completion_tokens=8, finish_reason="length"))
+
+
+def test_an_extraction_cut_at_the_token_limit_says_so_also_from_the_store(tmp_path) -> None:
+    _, _, text, _ = _paths("procedural_date", 1, styles=("cot",))[0]
+    for attempt in range(2):  # the second run reads the stored reply and must give the same reason
+        judge = CutJudge()
+        with Store(tmp_path / "s.sqlite") as store:
+            got = LLMExtractor(CachedCaller(judge, store)).extract(text, "q")
+        assert judge.calls == (1 if attempt == 0 else 0)
+        assert not got.ok and "not JSON" in got.error
+        assert "finish_reason 'length'" in got.error and "rl.rewards.backend.max_tokens" in got.error
+    with Store(tmp_path / "t.sqlite") as store:  # a reply that is simply not JSON does not blame the limit
+        got = LLMExtractor(CachedCaller(FakeJudge(lambda p: "no json here"), store)).extract(text, "q")
+    assert "not JSON" in got.error and "length" not in got.error
 
 
 class MatchOutage(FakeJudge):

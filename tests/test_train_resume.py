@@ -6,13 +6,12 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from tiny_models import make_tiny_students
-from train_helpers import make_filtered, qrdistill_cmd, subprocess_env, write_config
+from train_helpers import kill_when, make_filtered, qrdistill_cmd, subprocess_env, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -66,17 +65,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, setup):
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     ckpts = killed / "train" / "checkpoints"
-    deadline = time.time() + 300
-    try:
-        while not (ckpts / f"step-{EVERY}").exists():
-            assert proc.poll() is None, "training ended before its first checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when(proc, (ckpts / f"step-{EVERY}").exists, "training")
+    assert proc.returncode == -signal.SIGKILL
     assert not (killed / "train" / "summary.json").exists(), "the kill came too late to test anything"
     done = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("step-*"))
     assert done and done[-1] < STEPS

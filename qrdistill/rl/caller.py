@@ -18,10 +18,12 @@ from qrdistill.backends.base import Backend, Request
 
 @dataclass(frozen=True)
 class Reply:
-    """A completion's text, or why there is none (`error`)."""
+    """A completion's text, or why there is none (`error`); `finish_reason` as the backend gave it
+    ("length": cut at its token limit)."""
 
     text: str | None
     error: str | None = None
+    finish_reason: str | None = None
 
 
 class CachedCaller:
@@ -49,7 +51,7 @@ class CachedCaller:
             key = self.backend.key(req)
             comp = results.get(key)
             if comp is not None:
-                out.append(Reply(comp.text))
+                out.append(Reply(comp.text, finish_reason=comp.finish_reason))
                 continue
             stored = self.store.get(key)
             error = stored.error if stored is not None and stored.error else "the call was not answered"

@@ -13,7 +13,8 @@ only when the sub-think matched (otherwise the sum has ended and they cannot cha
 `parse_verdict` reads a reply strictly: "yes" or "no" as the first word, in any case, after an optional
 "Answer:"/"Verdict:" label and markdown, followed by nothing or punctuation or a space ("No.", "Yes,
 because ..."). Anything else is unparseable (None): "not sure", "I don't know", "know", "nothing",
-"nope", "yeah", "", and an echo of the options ("yes or no"). RLKD's public code tested substrings:
+"nope", "yeah", "", an echo of the options ("yes or no", "Yes/No"), and both words in a row ("Yes,
+no.", "No. Yes."). RLKD's public code tested substrings:
 `'no' in reply.lower()` for queries and answers, which reads "not", "know", "cannot" and "nothing" as
 no, and `'yes' in reply.lower()` for sub-thinks, which reads "eyes" as yes. An
 unparseable verdict counts as no match (only an explicit yes matches, as only an explicit VALID keeps
@@ -62,7 +63,8 @@ _VERDICT = re.compile(
     r"\A[\s*_`\"'(\[]*(?:(?:answer|verdict)\s*:\s*[\s*_`\"'(\[]*)?(?P<word>yes|no)(?![\w'\-])(?P<rest>.*)\Z",
     re.IGNORECASE | re.DOTALL,
 )
-_OPTIONS_ECHO = re.compile(r"\A[\s*_`\"')\]]*(?:or|/|and)\s*(?:yes|no)\b", re.IGNORECASE)
+# the other verdict word right after the first ("yes or no", "Yes/No", "Yes, no.", "No. Yes.") takes both sides
+_BOTH_WORDS = re.compile(r"\A[\s*_`\"')\].,;:!?-]*(?:(?:or|and)\b|/)?[\s*_`\"'(\[]*(?:yes|no)\b", re.IGNORECASE)
 
 
 def _snippet(text: str) -> str:
@@ -73,7 +75,7 @@ def _snippet(text: str) -> str:
 def parse_verdict(text: str | None) -> bool | None:
     """True for yes, False for no, None when the reply says neither plainly (see the module)."""
     m = _VERDICT.match(text or "")
-    if m is None or _OPTIONS_ECHO.match(m.group("rest")):
+    if m is None or _BOTH_WORDS.match(m.group("rest")):
         return None
     return m.group("word").lower() == "yes"
 
@@ -134,7 +136,15 @@ class LLMExtractor:
         prompts = [build_extract_prompt(q, path, self.prompt) for path, q in items]
         out = []
         for reply in self.caller.ask(prompts, {"rl": "extract"}):
-            out.append(parse_steps(reply.text) if reply.error is None else StepsResult(None, reply.error))
+            if reply.error is not None:
+                out.append(StepsResult(None, reply.error))
+                continue
+            got = parse_steps(reply.text)
+            if not got.ok and reply.finish_reason == "length":
+                # a JSON object cut short is the token limit's fault, not the extractor's: say which to raise
+                got = StepsResult(None, f"{got.error} (the reply was cut at the backend's token limit, "
+                                        f"finish_reason 'length': raise rl.rewards.backend.max_tokens)")  # fmt: skip
+            out.append(got)
         return out
 
     def extract(self, text: str, question: str) -> StepsResult:
