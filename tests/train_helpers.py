@@ -39,6 +39,8 @@ def tiny_train_section(models: list[str], **overrides: Any) -> dict[str, Any]:
         ],
         # Any HF encoder works as eq. 1's Enc; the tiny Llama keeps tests fast (MiniLM: the slow test).
         "router": {"encoder": llama},
+        # one pass unless a test asks for more (the demo's default is two)
+        "epochs": 1,
         "batch_size": 4,
         "checkpoint_every": 50,
         "warmup_ratio": 0.0,
