@@ -14,7 +14,9 @@ only when the sub-think matched (otherwise the sum has ended and they cannot cha
 "Answer:"/"Verdict:" label and markdown, followed by nothing or punctuation or a space ("No.", "Yes,
 because ..."). Anything else is unparseable (None): "not sure", "I don't know", "know", "nothing",
 "nope", "yeah", "", an echo of the options ("yes or no", "Yes/No"), and both words in a row ("Yes,
-no.", "No. Yes."). RLKD's public code tested substrings:
+no.", "No. Yes.", "Yes — no", "Answer: Yes\nVerdict: No"). The second word counts only as a whole
+answer, ended by punctuation, a line break or the end: "Yes, no doubt." and "Yes. No differences." are
+yes, and the same word twice ("No, no.") only insists. RLKD's public code tested substrings:
 `'no' in reply.lower()` for queries and answers, which reads "not", "know", "cannot" and "nothing" as
 no, and `'yes' in reply.lower()` for sub-thinks, which reads "eyes" as yes. An
 unparseable verdict counts as no match (only an explicit yes matches, as only an explicit VALID keeps
@@ -59,12 +61,23 @@ FIELDS = ("sub_think", "query", "answer")
 SNIPPET = 160
 
 _FENCE = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*)\n```\Z", re.DOTALL | re.IGNORECASE)
+# what may stand between and around verdict words: space, markdown, quotes, brackets, punctuation, the
+# ASCII and Unicode dashes (U+2010-2015, U+2212), the ellipsis and the slashes and bar of "Yes/No"
+_SEP = r"[\s*_`\"'()\[\].,;:!?\-\u2010-\u2015\u2212\u2026\u2018\u2019\u201c\u201d|/\\]*"
+_LABEL = r"(?:answer|verdict)[\s*_`]*:"  # "**Answer**:" too
 _VERDICT = re.compile(
-    r"\A[\s*_`\"'(\[]*(?:(?:answer|verdict)\s*:\s*[\s*_`\"'(\[]*)?(?P<word>yes|no)(?![\w'\-])(?P<rest>.*)\Z",
+    rf"\A[\s*_`\"'(\[]*(?:{_LABEL}{_SEP})?(?P<word>yes|no)(?![\w'\-])(?P<rest>.*)\Z",
     re.IGNORECASE | re.DOTALL,
 )
-# the other verdict word right after the first ("yes or no", "Yes/No", "Yes, no.", "No. Yes.") takes both sides
-_BOTH_WORDS = re.compile(r"\A[\s*_`\"')\].,;:!?-]*(?:(?:or|and)\b|/)?[\s*_`\"'(\[]*(?:yes|no)\b", re.IGNORECASE)
+# Another verdict word right after the first takes both sides when it is a whole answer of its own:
+# ended by the end, a line break or punctuation ("Yes, no.", "No. Yes.", "Yes (or no)", "Yes/No",
+# "Answer: Yes\nVerdict: No"), not when a word follows it ("Yes, no doubt.", "Yes. No differences.").
+# (No two starred runs of separators touch, so a long run of them cannot make matching backtrack.)
+_NEXT_WORD = re.compile(
+    rf"\A{_SEP}(?:(?:or|and|but)(?![\w'\-]){_SEP})?(?:{_LABEL}{_SEP})?(?P<word>yes|no)(?![\w'\-])"
+    r"(?=[^\S\n]*(?:\Z|\n|[^\w\s]))",
+    re.IGNORECASE,
+)
 
 
 def _snippet(text: str) -> str:
@@ -75,9 +88,14 @@ def _snippet(text: str) -> str:
 def parse_verdict(text: str | None) -> bool | None:
     """True for yes, False for no, None when the reply says neither plainly (see the module)."""
     m = _VERDICT.match(text or "")
-    if m is None or _BOTH_WORDS.match(m.group("rest")):
+    if m is None:
         return None
-    return m.group("word").lower() == "yes"
+    word, rest = m.group("word").lower(), m.group("rest")
+    while (other := _NEXT_WORD.match(rest)) is not None:
+        if other.group("word").lower() != word:
+            return None
+        rest = rest[other.end() :]  # the same word again ("Yes, yes.") only insists
+    return word == "yes"
 
 
 def parse_steps(reply: str | None) -> StepsResult:
