@@ -134,6 +134,14 @@ def test_extra_student_steps_are_ignored_and_missing_ones_score_zero() -> None:
         ("Yes, no doubt.", True), ("Yes, no difference.", True), ("Yes. No differences.", True),
         ("Yes (no difference)", True), ("Yes.\nNo further comment", True), ("Yes, no one would disagree.", True),
         ("Yes, yes.", True), ("No, no.", False), ("No, no match.", False), ("**Answer**: Yes", True),
+        ("Yes, **no** doubt.", True), ("Yes, no *doubt*", True), ("Yes, no-one would disagree.", True),
+        ("Yes \u2014 no\u2010brainer.", True), ("Yes, but not entirely.", True),
+        # echoes of the options, and a repeat that hides the other side
+        ("Yes or No or Maybe", None), ("yes & no", None), ("Yes and/or no", None), ("Yes vs no", None),
+        ("Yes \u2192 no", None), ("yes yes no.", None), ("Yes, **no**.", None),
+        # quotes are not part of the word; a hyphen (ASCII or Unicode) joins it into a longer one
+        ("'Yes'", True), ("'No'.", False), ("\u201cYes\u201d", True), ("\u2018No\u2019", False), ("\ufeffYes", True),
+        ("No\u2011one", None), ("No\u2011brainer: yes", None), ("no's", None),
     ],
 )  # fmt: skip
 def test_parse_verdict_is_strict(reply: str | None, verdict: bool | None) -> None:
@@ -180,9 +188,11 @@ def test_a_verdict_word_followed_by_no_words_decides(word: str, sep: str, rest: 
     assert parse_verdict(word + sep + (rest if sep else "")) is (word == "yes")
 
 
-def test_a_long_run_of_separators_is_read_in_linear_time() -> None:
+@pytest.mark.parametrize("reply", ["yes" + " .-" * 20000 + "x", "yes" + " or" * 20000 + " x", "yes, " * 20000,
+                                   "No" + " **" * 20000 + "no difference"])  # fmt: skip
+def test_a_long_reply_is_read_in_linear_time(reply: str) -> None:
     start = time.perf_counter()
-    assert parse_verdict("yes" + " .-" * 20000 + "x") is True
+    assert parse_verdict(reply) is reply.startswith("y")
     assert time.perf_counter() - start < 1.0
 
 

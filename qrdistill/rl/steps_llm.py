@@ -13,10 +13,12 @@ only when the sub-think matched (otherwise the sum has ended and they cannot cha
 `parse_verdict` reads a reply strictly: "yes" or "no" as the first word, in any case, after an optional
 "Answer:"/"Verdict:" label and markdown, followed by nothing or punctuation or a space ("No.", "Yes,
 because ..."). Anything else is unparseable (None): "not sure", "I don't know", "know", "nothing",
-"nope", "yeah", "", an echo of the options ("yes or no", "Yes/No"), and both words in a row ("Yes,
-no.", "No. Yes.", "Yes — no", "Answer: Yes\nVerdict: No"). The second word counts only as a whole
-answer, ended by punctuation, a line break or the end: "Yes, no doubt." and "Yes. No differences." are
-yes, and the same word twice ("No, no.") only insists. RLKD's public code tested substrings:
+"nope", "no‑one" (a hyphen joins the word into another), "yeah", "", an echo of the options ("yes or
+no", "Yes/No", "Yes or No or Maybe"), and both words in a row ("Yes, no.", "No. Yes.", "Yes — no",
+"Answer: Yes\nVerdict: No", "yes yes no."). The second word counts only as a whole answer, ended by
+punctuation, a line break, a connector or the end: "Yes, no doubt." and "Yes. No differences." are yes,
+and the same word twice ("No, no.") only insists. Not caught: a reply that changes its mind in words
+("Yes. Wait, no." is yes). RLKD's public code tested substrings:
 `'no' in reply.lower()` for queries and answers, which reads "not", "know", "cannot" and "nothing" as
 no, and `'yes' in reply.lower()` for sub-thinks, which reads "eyes" as yes. An
 unparseable verdict counts as no match (only an explicit yes matches, as only an explicit VALID keeps
@@ -61,23 +63,28 @@ FIELDS = ("sub_think", "query", "answer")
 SNIPPET = 160
 
 _FENCE = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*)\n```\Z", re.DOTALL | re.IGNORECASE)
-# what may stand between and around verdict words: space, markdown, quotes, brackets, punctuation, the
-# ASCII and Unicode dashes (U+2010-2015, U+2212), the ellipsis and the slashes and bar of "Yes/No"
-_SEP = r"[\s*_`\"'()\[\].,;:!?\-\u2010-\u2015\u2212\u2026\u2018\u2019\u201c\u201d|/\\]*"
+# what may stand between and around verdict words: space, markdown, quotes (also curly), brackets,
+# punctuation, the ASCII and Unicode dashes (U+2010-2015, U+2212), the ellipsis, arrows and the
+# slashes, bar, ampersand and plus of "Yes/No", "yes & no"
+_SEP = r"[\s*_`\"'()\[\].,;:!?\-\u2010-\u2015\u2212\u2026\u2018\u2019\u201c\u201d\u2192|/\\&+]*"
 _LABEL = r"(?:answer|verdict)[\s*_`]*:"  # "**Answer**:" too
+# a verdict word runs on into a longer word through letters, digits, an apostrophe or a hyphen
+# ("not", "no1", "no's", "no-one", "no\u2011brainer"); a closing quote or a dash before a space does not
+_WORD = r"(?P<word>yes|no)(?!\w|[-\u2010\u2011'\u2019]\w)"
+_CONNECTOR = r"(?:or|and|but|nor|vs)(?!\w)"
 _VERDICT = re.compile(
-    rf"\A[\s*_`\"'(\[]*(?:{_LABEL}{_SEP})?(?P<word>yes|no)(?![\w'\-])(?P<rest>.*)\Z",
-    re.IGNORECASE | re.DOTALL,
-)
-# Another verdict word right after the first takes both sides when it is a whole answer of its own:
-# ended by the end, a line break or punctuation ("Yes, no.", "No. Yes.", "Yes (or no)", "Yes/No",
-# "Answer: Yes\nVerdict: No"), not when a word follows it ("Yes, no doubt.", "Yes. No differences.").
-# (No two starred runs of separators touch, so a long run of them cannot make matching backtrack.)
-_NEXT_WORD = re.compile(
-    rf"\A{_SEP}(?:(?:or|and|but)(?![\w'\-]){_SEP})?(?:{_LABEL}{_SEP})?(?P<word>yes|no)(?![\w'\-])"
-    r"(?=[^\S\n]*(?:\Z|\n|[^\w\s]))",
+    rf"\A[\s*_`\"'(\[\u2018\u201c\ufeff]*(?:{_LABEL}{_SEP})?{_WORD}",
     re.IGNORECASE,
 )
+# The next verdict word after one: separators, connectors ("Yes (or no)", "Yes and/or no") and a label
+# ("Answer: Yes\nVerdict: No") may come between. No two starred runs of separators touch, so a long
+# run of them cannot make matching backtrack.
+_NEXT_WORD = re.compile(rf"{_SEP}(?:{_CONNECTOR}{_SEP})*(?:{_LABEL}{_SEP})?{_WORD}", re.IGNORECASE)
+# A word stands as a whole answer when markdown or a closing quote, then the end, a line break,
+# punctuation or a connector come after it ("no.", "**no**", "No or Maybe"), not a further word
+# ("no doubt", "**no** difference", "no *doubt*").
+_CLOSE = "*_`'\"\u2019\u201d"
+_WHOLE = re.compile(rf"[{_CLOSE}]*(?![{_CLOSE}])[^\S\n]*(?:\Z|\n|[^\w\s{_CLOSE}]|{_CONNECTOR})", re.IGNORECASE)
 
 
 def _snippet(text: str) -> str:
@@ -90,11 +97,13 @@ def parse_verdict(text: str | None) -> bool | None:
     m = _VERDICT.match(text or "")
     if m is None:
         return None
-    word, rest = m.group("word").lower(), m.group("rest")
-    while (other := _NEXT_WORD.match(rest)) is not None:
+    word, text, pos = m.group("word").lower(), m.string, m.end()
+    # the same word again ("Yes, yes.", "yes yes no") only insists; the other one, standing whole,
+    # takes both sides
+    while (other := _NEXT_WORD.match(text, pos)) is not None:
         if other.group("word").lower() != word:
-            return None
-        rest = rest[other.end() :]  # the same word again ("Yes, yes.") only insists
+            return None if _WHOLE.match(text, other.end()) else word == "yes"
+        pos = other.end()
     return word == "yes"
 
 
