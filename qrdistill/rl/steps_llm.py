@@ -64,14 +64,16 @@ SNIPPET = 160
 
 _FENCE = re.compile(r"\A```(?:json)?[ \t]*\n(?P<body>.*)\n```\Z", re.DOTALL | re.IGNORECASE)
 # what may stand between and around verdict words: space, markdown, quotes (also curly), brackets,
-# punctuation, the ASCII and Unicode dashes (U+2010-2015, U+2212), the ellipsis, arrows and the
-# slashes, bar, ampersand and plus of "Yes/No", "yes & no"
-_SEP = r"[\s*_`\"'()\[\].,;:!?\-\u2010-\u2015\u2212\u2026\u2018\u2019\u201c\u201d\u2192|/\\&+]*"
+# punctuation, headings and quote marks ("## ", "> "), the ASCII and Unicode dashes (U+2010-2015,
+# U+2212), the ellipsis, arrows ("->", "=>", U+2190-21FF) and the slashes, bar, ampersand and plus of
+# "Yes/No", "yes & no"
+_SEP = r"[\s*_`\"'()\[\].,;:!?#>=<\-\u2010-\u2015\u2212\u2026\u2018\u2019\u201c\u201d\u2190-\u21ff|/\\&+]*"
 _LABEL = r"(?:answer|verdict)[\s*_`]*:"  # "**Answer**:" too
 # a verdict word runs on into a longer word through letters, digits, an apostrophe or a hyphen
-# ("not", "no1", "no's", "no-one", "no\u2011brainer"); a closing quote or a dash before a space does not
-_WORD = r"(?P<word>yes|no)(?!\w|[-\u2010\u2011'\u2019]\w)"
-_CONNECTOR = r"(?:or|and|but|nor|vs)(?!\w)"
+# ("not", "no1", "no's", "no-one", "no\u2011brainer"); a closing quote, a dash before a space or an
+# underscore (markdown: "__No__") does not
+_WORD = r"(?P<word>yes|no)(?![^\W_]|[-\u2010\u2011'\u2019][^\W_])"
+_CONNECTOR = r"(?:or|and|but|nor|vs)(?![^\W_])"
 _VERDICT = re.compile(
     rf"\A[\s*_`\"'(\[\u2018\u201c\ufeff]*(?:{_LABEL}{_SEP})?{_WORD}",
     re.IGNORECASE,
@@ -81,10 +83,12 @@ _VERDICT = re.compile(
 # run of them cannot make matching backtrack.
 _NEXT_WORD = re.compile(rf"{_SEP}(?:{_CONNECTOR}{_SEP})*(?:{_LABEL}{_SEP})?{_WORD}", re.IGNORECASE)
 # A word stands as a whole answer when markdown or a closing quote, then the end, a line break,
-# punctuation or a connector come after it ("no.", "**no**", "No or Maybe"), not a further word
-# ("no doubt", "**no** difference", "no *doubt*").
+# punctuation, a connector or a verdict word come after it ("no.", "**no**", "No or Maybe",
+# "yes no yes"), not a further word ("no doubt", "**no** difference", "no *doubt*").
 _CLOSE = "*_`'\"\u2019\u201d"
-_WHOLE = re.compile(rf"[{_CLOSE}]*(?![{_CLOSE}])[^\S\n]*(?:\Z|\n|[^\w\s{_CLOSE}]|{_CONNECTOR})", re.IGNORECASE)
+_WHOLE = re.compile(
+    rf"[{_CLOSE}]*(?![{_CLOSE}])[^\S\n]*(?:\Z|\n|[^\w\s{_CLOSE}]|{_CONNECTOR}|(?:yes|no)(?![^\W_]))", re.IGNORECASE
+)
 
 
 def _snippet(text: str) -> str:
