@@ -343,6 +343,9 @@ def test_statistics_match_a_hand_computation(tmp_path):
     ("base: {}\nrows: [{name: a, override: {stages: [train]}}]\n", r"the row runs no evaluate stage"),
     ("base: {}\nzero_shot: a\nrows: [{name: a}]\n", r"zero_shot: row 'a' trains"),
     ("rows: [}\n", r"t\.yaml:1: invalid YAML"),
+    ("base: {}\noverride:\n  train:\n    epochs: 0\nrows: [{name: a}]\n",
+     r"t\.yaml:4: table row 'a': config field train\.epochs: Input should be greater than 0"),
+    ("base: {}\noverride: {seeds: [1]}\nrows: [{name: a}]\n", r"t\.yaml:2: config field override\.seeds: every row"),
 ])
 def test_bad_table_config_gives_one_clear_line(tmp_path, capsys, monkeypatch, text, expected):
     import re
@@ -356,6 +359,20 @@ def test_bad_table_config_gives_one_clear_line(tmp_path, capsys, monkeypatch, te
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("qrdistill: error: ") and re.search(expected, err), err
     assert not (tmp_path / "runs").exists()  # nothing is created before the config is valid
+
+
+def test_the_tables_override_reaches_every_row_and_a_rows_own_wins(tmp_path, monkeypatch):
+    from qrdistill.config.table import load_table_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("seed: 0\ntrain:\n  epochs: 3\n  batch_size: 4\n")
+    (tmp_path / "t.yaml").write_text(
+        "base: run.yaml\noverride: {train: {epochs: 1}, evaluate: {batch_size: 2}}\nreference: a\n"
+        "rows: [{name: a}, {name: b, override: {train: {epochs: 2}}}]\n")
+    rows = load_table_config("t.yaml").rows
+    assert [(r.train.epochs, r.train.batch_size, r.evaluate.batch_size) for r in rows.values()] == [(1, 4, 2),
+                                                                                                  (2, 4, 2)]
+    assert "epochs: 3" in (tmp_path / "run.yaml").read_text()  # the base file is read, never rewritten
 
 
 def test_a_base_file_error_names_the_base_file_and_line(tmp_path, capsys, monkeypatch):

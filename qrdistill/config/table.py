@@ -1,12 +1,14 @@
 """Typed config of `qrdistill table`: one results table, as rows of one base run config.
 
-A table config names a base run config (a run YAML, or a mapping written inline), the rows, each
-an `override` deep-merged into the base (mappings merge key by key; lists and scalars replace the
-base's value), the seeds every row runs, and the rows the paired columns compare against: the
+A table config names a base run config (a run YAML, or a mapping written inline), an optional
+`override` of its own that every row shares (to size a table to its budget without copying the base:
+fewer training questions, fewer test questions), the rows, each an `override` deep-merged into the
+base after the table's (mappings merge key by key; lists and scalars replace the base's value), the
+seeds every row runs, and the rows the paired columns compare against: the
 reference (plain QR-Distill by default) and the zero-shot baseline. Each row's merged config is
 validated as a `RunConfig`; an error names the table row, the field, and the file and line the
-value came from: the row's override in the table file, else the base (its own file, or `base:`
-inline in the table file).
+value came from: the row's override in the table file, else the table's override, else the base
+(its own file, or `base:` inline in the table file).
 
 ```yaml
 base: configs/qrdistill.yaml
@@ -80,6 +82,11 @@ class TableConfig(BaseModel):
     base: str | dict[str, Any] = Field(
         description="The run config every row starts from: a run YAML's path (relative to the working directory, "
         "like every path in a run config), or the run config written inline."
+    )
+    override: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Deep-merged into the base before each row's own override, for every row: what the table "
+        "changes in the base for all its rows (e.g. {tasks: [...]} to train on fewer questions).",
     )
     rows: list[TableRow] = Field(description="The table's rows, in report order.")
     # strict: YAML reads `seeds: [true]` as booleans, which a lax int would take as 1.
@@ -193,19 +200,25 @@ def load_table_config(path: str | Path, run_dir: str | None = None) -> ResolvedT
     else:
         base_data, base_src, base_lines, base_prefix = table.base, str(p), lines, ("base",)
 
+    for owned, why in TABLE_OWNED.items():
+        if owned in table.override:
+            raise ConfigError(f"{p}:{lines.get(('override', owned), lines.get(('override',), 1))}: config field "
+                              f"override.{owned}: {why}; remove it")
+    shared = deep_merge(base_data, table.override)
     resolved: dict[str, Any] = {}
     for i, row in enumerate(table.rows):
         for owned, why in TABLE_OWNED.items():
             if owned in row.override:
                 raise ConfigError(f"{p}:{lines.get(('rows', i, 'override', owned), lines.get(('rows', i), 1))}: "
                                   f"table row {row.name!r}: config field rows.{i}.override.{owned}: {why}; remove it")
-        merged = deep_merge(base_data, row.override)
+        merged = deep_merge(shared, row.override)
         merged["run_dir"] = str(Path(table.run_dir) / row.name)
         merged["seeds"] = None
         try:
             cfg = RunConfig.model_validate(merged)
         except ValidationError as e:
-            raise ConfigError(_row_error(e, i, row, str(p), lines, base_src, base_lines, base_prefix)) from None
+            raise ConfigError(_row_error(e, i, row, table.override, str(p), lines, base_src, base_lines,
+                                         base_prefix)) from None
         except RecursionError:
             raise ConfigError(f"{p}: table row {row.name!r}: values nested too deeply") from None
         where = f"{p}:{lines.get(('rows', i), 1)}: table row {row.name!r}"
@@ -245,10 +258,12 @@ def _has_path(data: Any, path: tuple[Any, ...]) -> bool:
     return True
 
 
-def _row_error(err: ValidationError, index: int, row: TableRow, table_src: str, table_lines: dict[tuple[Any, ...], int],
-               base_src: str, base_lines: dict[tuple[Any, ...], int], base_prefix: tuple[Any, ...]) -> str:
+def _row_error(err: ValidationError, index: int, row: TableRow, shared: dict[str, Any], table_src: str,
+               table_lines: dict[tuple[Any, ...], int], base_src: str, base_lines: dict[tuple[Any, ...], int],
+               base_prefix: tuple[Any, ...]) -> str:
     """Each error at the line its value came from: the row's override when it sets the field (or a mapping
-    above it), else the base; the row's own line when neither names it (a rule across fields)."""
+    above it), else the table's override, else the base; the row's own line when none names it (a rule
+    across fields)."""
     msgs = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
@@ -256,8 +271,11 @@ def _row_error(err: ValidationError, index: int, row: TableRow, table_src: str, 
         fld = ".".join(str(x) for x in loc) or "(top level)"
         src, line = table_src, table_lines.get(("rows", index))
         from_row = next((loc[:n] for n in range(len(loc), 0, -1) if _has_path(row.override, loc[:n])), None)
+        from_table = next((loc[:n] for n in range(len(loc), 0, -1) if _has_path(shared, loc[:n])), None)
         if from_row is not None:
             line = table_lines.get(("rows", index, "override", *from_row), line)
+        elif from_table is not None:
+            line = table_lines.get(("override", *from_table), line)
         else:
             hit = next((base_prefix + loc[:n] for n in range(len(loc), 0, -1) if base_prefix + loc[:n] in base_lines),
                        None)
