@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--config", "-c", required=True, help="YAML table config (configs/tables/*.yaml)")
     sp.add_argument("--run-dir", "-d", help="Table directory (default: run_dir from the table config)")
+    sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="Run only these of the table's seeds now (e.g. one seed per sitting); the report covers "
+                         "every seed finished so far")
     sp.add_argument("--verbose", "-v", action="store_true", help="Debug logging")
     sp.add_argument("--force", action="store_true",
                     help="Use a table directory that is not empty and holds no qrdistill files")
@@ -167,7 +170,9 @@ def dispatch(args: argparse.Namespace) -> Any:
         from qrdistill.config.table import load_table_config
 
         table = load_table_config(args.config, run_dir=args.run_dir)
-        return _stage("table").run(table, check_run_dir(table.run_dir, force=args.force))
+        stage = _stage("table")
+        stage.chosen_seeds(table, args.seeds)  # a bad --seeds is refused before the table directory exists
+        return stage.run(table, check_run_dir(table.run_dir, force=args.force), only_seeds=args.seeds)
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
         if args.config or not run_dirs:

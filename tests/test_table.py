@@ -406,3 +406,38 @@ def test_the_shipped_table_configs_validate(monkeypatch):
     assert [(t.name, t.split) for t in date.evaluate.tasks] == [("date", "train"), ("date", "test")]
     assert {t.path for t in date.evaluate.tasks} == {"../shared/data/bigbench_date/task.json"}
     assert [t.name for t in date.tasks] == ["procedural_date"]
+
+
+def test_seeds_outside_the_table_give_one_clear_line(tmp_path, capsys, monkeypatch):
+    from qrdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.yaml").write_text("base: {}\nseeds: [0, 1]\nrows: [{name: a}]\n")
+    assert main(["table", "--config", "t.yaml", "--seeds", "1", "7"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--seeds 7: not among the table's seeds" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_table_runs_one_seed_per_sitting(tmp_path, models):
+    """`--seeds` runs only those seeds; the report covers the seeds finished so far; a later sitting runs the rest
+    and skips the finished one."""
+    from qrdistill.cli import main
+
+    root = tmp_path / "run"
+    config = table_config(tmp_path / "table.yaml", root, models)
+    table = yaml.safe_load(config.read_text())
+    table["rows"] = table["rows"][:1]  # zero-shot only: no training, seconds on the tiny models
+    config.write_text(yaml.safe_dump(table, sort_keys=False))
+    assert main(["table", "--config", str(config), "--seeds", "1"]) == 0
+    assert (root / "zero_shot" / "seed-1" / "eval" / "summary.json").is_file()
+    assert not (root / "zero_shot" / "seed-0").exists()
+    cells = json.loads((root / "table" / "table.json").read_text())
+    assert {tuple(e["accuracy"]["seed_list"]) for e in cells["entries"]} == {(1,)}, cells["entries"]
+    seed1 = snapshot(root / "zero_shot" / "seed-1")
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(config)]) == 0
+    assert "table: row zero_shot, seed 0 (" in "\n".join(logs) and "seed 1 (" not in "\n".join(logs)
+    assert snapshot(root / "zero_shot" / "seed-1") == seed1
+    cells = json.loads((root / "table" / "table.json").read_text())
+    assert {tuple(e["accuracy"]["seed_list"]) for e in cells["entries"]} == {(0, 1)}

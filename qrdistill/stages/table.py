@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qrdistill.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SEED_MARKER = "table_seed.json"
@@ -127,15 +129,28 @@ def _run_data(cfg: Any, stages: list[str], data_dir: Path) -> float:
     return seconds
 
 
-def run(table: Any, root: Path) -> dict[str, Any]:
-    """Run every unfinished row x seed of a `ResolvedTable` under `root`, then write the report."""
+def chosen_seeds(table: Any, only_seeds: list[int] | None) -> list[int]:
+    """The table's seeds to run now: all, or `only_seeds` (a ConfigError if one is not among them)."""
+    if only_seeds is None:
+        return list(table.seeds)
+    unknown = sorted(set(only_seeds) - set(table.seeds))
+    if unknown:
+        raise ConfigError(f"--seeds {' '.join(map(str, unknown))}: not among the table's seeds "
+                          f"({table.source}: seeds: {list(table.seeds)})")
+    return [s for s in table.seeds if s in set(only_seeds)]
+
+
+def run(table: Any, root: Path, only_seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run every unfinished row x seed of a `ResolvedTable` under `root` (of `only_seeds` if given: a
+    subset of the table's seeds, for a table too long for one sitting), then write the report over every
+    seed finished so far."""
     from qrdistill.analysis.table_report import build_table_report
     from qrdistill.io import atomic_write_json
     from qrdistill.stages import pipeline
     from qrdistill.stages.generate import run_dir_lock
 
     root = Path(root)
-    seeds = table.seeds
+    seeds = chosen_seeds(table, only_seeds)
     status: dict[str, dict[int, str]] = {}
     with run_dir_lock(root, "table"):
         data_done: set[str] = set()
@@ -160,7 +175,7 @@ def run(table: Any, root: Path) -> dict[str, Any]:
                     atomic_write_json(row_dir / ROW_MARKER, {"data_dir": str(data_dir.relative_to(root))})
             seed_cfg = cfg.model_copy(update={"stages": [s for s in cfg.stages if s in SEED_STAGES],
                                               "run_dir": str(row_dir), "seeds": None})
-            first = row_dir / pipeline.SEED_DIR.format(seeds[0])
+            first = row_dir / pipeline.SEED_DIR.format(table.seeds[0])
             for s in pending:
                 sub = row_dir / pipeline.SEED_DIR.format(s)
                 log.info("table: row %s, seed %d (%s)", name, s, sub)
