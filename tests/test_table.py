@@ -216,6 +216,9 @@ def test_the_table_has_the_paired_columns(killed_then_resumed):
             assert f"vs_{what}_{k}" in cols
     assert {"accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "seeds"} <= cols
     assert {(r["row"], r["student"]) for r in lines} == {(row, s) for row in ROWS for s in ("llama", "gpt2")}
+    cuts = _eval(root, "zero_shot", 0)["shortcut_baselines"]["procedural_date"]
+    assert cuts and f"Answer-free shortcuts on these questions (accuracy %): nearest_date " \
+        f"{100 * cuts['nearest_date']:.1f}" in (root / "table" / "table.md").read_text()
     dirs = {row: {s: root / row / f"seed-{s}" for s in SEEDS} for row in ROWS}
     base_key = {s["name"]: "base:" + s["model"] for s in json.loads(
         (root / "qrdistill" / "seed-0" / "meta" / "train.json").read_text())["config"]["train"]["students"]}

@@ -161,6 +161,17 @@ def test_strategyqa_every_question_checked(shared_data, rel, n):
             assert not task.is_correct(text, r), (r.id, text)
 
 
+def test_strategyqa_majority_shortcut_counts_the_test_answers(shared_data):
+    """The yes/no shortcut a StrategyQA accuracy must beat: the share of each answer among the questions."""
+    task = get_task("strategyqa")
+    test = task.load("test", str(shared_data / "strategyqa" / "dev.json"))
+    cuts = task.shortcut_baselines(test)
+    yes = sum(r.answer == "Yes" for r in test)
+    assert cuts == {"always_yes": yes / len(test), "always_no": 1 - yes / len(test)}
+    assert 0 < yes < len(test)
+    assert task.shortcut_baselines([]) == {}
+
+
 def test_strategyqa_meta_kept(shared_data):
     bb = get_task("strategyqa").load("train", str(shared_data / "bigbench_strategyqa" / "task.json"))
     assert all(r.meta.get("explanation") for r in bb)

@@ -228,7 +228,19 @@ def _cmp_text(c: dict[str, Any] | None) -> tuple[str, str]:
     return f"{_pts(f['diff'])} [{_pts(f['ci_low'])}, {_pts(f['ci_high'])}]", _p(f["p"])
 
 
-def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, conf: int) -> list[str]:
+def shortcut_baselines(table: Any, root: Path) -> dict[str, dict[str, float]]:
+    """Per task, the answer-free shortcuts evaluate computed on its questions (from the first evaluation
+    summary that has them: the questions are the same in every row and seed)."""
+    out: dict[str, dict[str, float]] = {}
+    for system in systems(table, root):
+        for d in system["dirs"].values():
+            for task, values in (read_json(d / "eval" / "summary.json").get("shortcut_baselines") or {}).items():
+                out.setdefault(task, values)
+    return out
+
+
+def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, conf: int,
+                   shortcuts: dict[str, dict[str, float]] | None = None) -> list[str]:
     ref = table.labels.get(table.reference, table.reference) if table.reference else None
     zs = table.labels.get(table.zero_shot, table.zero_shot) if table.zero_shot else None
     md = []
@@ -246,6 +258,10 @@ def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, 
             d_zs, p_zs = _cmp_text(e["vs_zero_shot"])
             md.append(f"| {e['label']} | {student} | {_acc_text(a)} | {len(a['seed_list'])} | "
                       f"{_pct((a.get('strict') or {}).get('accuracy'))} | {d_ref} | {p_ref} | {d_zs} | {p_zs} |")
+        cuts = (shortcuts or {}).get(task)
+        if cuts:
+            md += ["", "Answer-free shortcuts on these questions (accuracy %): "
+                   + ", ".join(f"{k} {_pct(v)}" for k, v in cuts.items()) + "."]
         md.append("")
     return md
 
@@ -311,7 +327,8 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
           f"Accuracy (flexible; strict = the answer line only): mean over seeds ± {SPREAD}. Δ = A − B in "
           f"points against the reference and the zero-shot rows (the same student; against zero-shot, the base "
           f"model it was trained from), pooling {POOLING}. Per-seed McNemar p-values: table.csv.", ""]
-    md += table_markdown(entries, tasks, table, conf)
+    shortcuts = shortcut_baselines(table, root)
+    md += table_markdown(entries, tasks, table, conf, shortcuts)
     if not entries:
         md.append("_No evaluated row yet._\n")
     md += ["## Wall time", ""] + wall_markdown(wall, table)
@@ -337,7 +354,7 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
 
     result = {"table": table.source, "run_dir": str(root), "seeds": table.seeds, "rows": list(table.rows),
               "labels": dict(table.labels), "reference": table.reference, "zero_shot": table.zero_shot,
-              "tasks": tasks, "spread": SPREAD, "pooling": POOLING, "settings": settings, "entries": entries,
+              "tasks": tasks, "shortcut_baselines": shortcuts, "spread": SPREAD, "pooling": POOLING, "settings": settings, "entries": entries,
               "wall_time": wall, "routing_files": routing_files, "analysis_report": analysis}
     atomic_write_text(out / "table.md", "\n".join(md) + "\n")
     atomic_write_text(out / "table.csv", tables.rows_csv([_csv_line(e) for e in entries]))

@@ -605,6 +605,14 @@ class YesNoTask(AnswerTask):
     def gold_text(self, record: Record) -> str:
         return normalize_yes_no(record.answer) or record.answer
 
+    def shortcut_baselines(self, records: list[Record]) -> dict[str, float]:
+        """Accuracy of answering the same word to every question: the larger of the two is the majority-class
+        baseline that a yes/no accuracy must beat (StrategyQA is not balanced)."""
+        golds = [normalize_yes_no(r.answer) for r in records]
+        if not golds:
+            return {}
+        return {"always_yes": golds.count("Yes") / len(golds), "always_no": golds.count("No") / len(golds)}
+
 
 class NumberTask(AnswerTask):
     answer_instruction: ClassVar[str] = (
