@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                     help="Run only these of the table's seeds now (e.g. one seed per sitting); the report covers "
                          "every seed finished so far")
+    move = sp.add_mutually_exclusive_group()
+    move.add_argument("--export", metavar="DIR",
+                      help="Run nothing: copy every finished row x seed's results (no weights, checkpoints or "
+                           "completion store) into DIR, to combine with seeds run elsewhere")
+    move.add_argument("--import", dest="import_dir", metavar="DIR",
+                      help="First copy the finished row x seeds of an --export folder that the table directory "
+                           "lacks (run with this table config), then run the rest and write the report")
     sp.add_argument("--verbose", "-v", action="store_true", help="Debug logging")
     sp.add_argument("--force", action="store_true",
                     help="Use a table directory that is not empty and holds no qrdistill files")
@@ -172,7 +179,13 @@ def dispatch(args: argparse.Namespace) -> Any:
         table = load_table_config(args.config, run_dir=args.run_dir)
         stage = _stage("table")
         stage.chosen_seeds(table, args.seeds)  # a bad --seeds is refused before the table directory exists
-        return stage.run(table, check_run_dir(table.run_dir, force=args.force), only_seeds=args.seeds)
+        if args.export:
+            stage.export_results(table, Path(table.run_dir), Path(args.export))
+            return 0
+        root = check_run_dir(table.run_dir, force=args.force)
+        if args.import_dir:
+            stage.import_results(table, root, Path(args.import_dir))
+        return stage.run(table, root, only_seeds=args.seeds)
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
         if args.config or not run_dirs:

@@ -444,3 +444,78 @@ def test_a_table_runs_one_seed_per_sitting(tmp_path, models):
     assert snapshot(root / "zero_shot" / "seed-1") == seed1
     cells = json.loads((root / "table" / "table.json").read_text())
     assert {tuple(e["accuracy"]["seed_list"]) for e in cells["entries"]} == {(0, 1)}
+
+
+@pytest.mark.slow
+def test_an_export_holds_every_finished_seed_without_weights_and_imports_into_a_new_table(
+        killed_then_resumed, tmp_path):
+    """Seeds run elsewhere come together: `--export` copies results (no adapters, checkpoints or completion store);
+    `--import` into a fresh table directory makes every imported row x seed count as finished (nothing reruns),
+    and the report there equals the original's."""
+    from qrdistill.cli import main
+
+    root, config = killed_then_resumed["root"], killed_then_resumed["config"]
+    out = tmp_path / "export"
+    assert main(["table", "--config", str(config), "--export", str(out)]) == 0
+    names = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
+    assert not [n for n in names if {"adapters", "checkpoints"} & set(n.parts) or n.suffix in (".safetensors",
+                                                                                                 ".sqlite")], names
+    for row in ROWS:
+        for s in SEEDS:
+            for f in ("table_seed.json", "eval/summary.json"):
+                assert (out / row / f"seed-{s}" / f).read_bytes() == (root / row / f"seed-{s}" / f).read_bytes()
+    assert (out / "qrdistill" / "seed-0" / "train" / "routing_final.jsonl").is_file()
+    assert (out / "qrdistill" / "filtered.jsonl").is_file() and (out / "table" / "table.json").is_file()
+
+    new = tmp_path / "elsewhere"
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(config), "--run-dir", str(new), "--import", str(out)]) == 0
+    text = "\n".join(logs)
+    for row in ROWS:
+        assert f"table: row {row}: seeds 0, 1 finished earlier, skipped" in text
+    assert not [m for m in logs if m.startswith(("train:", "evaluation summary", "generate", "filter"))], text
+    old_cells = json.loads((root / "table" / "table.json").read_text())
+    new_cells = json.loads((new / "table" / "table.json").read_text())
+    assert new_cells["entries"] == old_cells["entries"] and new_cells["entries"]
+    assert new_cells["routing_files"] == old_cells["routing_files"] and new_cells["routing_files"]
+
+
+def test_an_import_takes_only_seeds_run_with_the_tables_config_and_keeps_local_ones(tmp_path, models):
+    """A seed exported under another config is not imported (a warning names it); a seed the table directory has
+    already is kept as it is; an export refuses a folder that is neither new nor an earlier export."""
+    from qrdistill.cli import main
+
+    root = tmp_path / "run"
+    config = table_config(tmp_path / "table.yaml", root, models)
+    table = yaml.safe_load(config.read_text())
+    table["rows"] = table["rows"][:1]  # zero-shot only: seconds on the tiny models
+    config.write_text(yaml.safe_dump(table, sort_keys=False))
+    assert main(["table", "--config", str(config)]) == 0
+    out = tmp_path / "export"
+    assert main(["table", "--config", str(config), "--export", str(out)]) == 0
+    assert sorted(json.loads((out / "table_export.json").read_text())["seeds"]["zero_shot"]) == SEEDS
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["table", "--config", str(config), "--export", str(tmp_path / "busy")]) == 2
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "busy").iterdir())) == 1
+
+    # The same table with a different evaluation budget: the exported seeds were not run with it.
+    changed = dict(table, run_dir=str(tmp_path / "changed"))
+    changed["base"] = {**table["base"], "evaluate": {**table["base"]["evaluate"], "max_new_tokens": 5}}
+    changed_cfg = tmp_path / "changed.yaml"
+    changed_cfg.write_text(yaml.safe_dump(changed, sort_keys=False))
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(changed_cfg), "--seeds", "0", "--import", str(out)]) == 0
+    text = "\n".join(logs)
+    assert "not imported from" in text and "zero_shot seed 0 (not finished, or run with another config" in text
+    assert "table: row zero_shot, seed 0 (" in text  # it ran here instead
+    marker = json.loads((tmp_path / "changed" / "zero_shot" / "seed-0" / "table_seed.json").read_text())
+    assert marker["fingerprint"] != json.loads((out / "zero_shot" / "seed-0" / "table_seed.json").read_text())[
+        "fingerprint"]
+
+    # The original table directory already holds both seeds: an import leaves them exactly as they were.
+    before = snapshot(root / "zero_shot")
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(config), "--import", str(out)]) == 0
+    assert "zero_shot seed 0 (the table directory has its own)" in "\n".join(logs)
+    assert snapshot(root / "zero_shot") == before

@@ -12,6 +12,11 @@ Layout under the table's run directory D:
   D/<row>/table_row.json names the row's data directory.
 - D/table/: the report (`analysis.table_report`).
 
+`export_results` copies what the report and the skip check read (every finished row x seed, the rows' filtered
+paths, the data markers and the report) without model weights, training checkpoints or the completion store, so
+that seeds run on different machines or in different sittings can be put together: `import_results` copies an
+export into a table directory, and its seeds count as finished there.
+
 A row x seed whose table_seed.json says finished with the same fingerprint and whose
 eval/summary.json exists is skipped without running a stage. Any other one goes through the
 pipeline, whose stages continue where a killed attempt stopped (train from its last checkpoint,
@@ -37,8 +42,14 @@ SEED_MARKER = "table_seed.json"
 #: In a data directory: the seconds generate + filter took there; in a row directory: which data directory it reads.
 DATA_MARKER = "table_data.json"
 ROW_MARKER = "table_row.json"
+#: In an export folder: which table it came from and which seeds it holds.
+EXPORT_MARKER = "table_export.json"
 DATA_DIR = "data"
 DATA_STAGES = ("generate", "filter")
+#: What a results export leaves out: adapters and checkpoints (folders), weights, the completion store, locks.
+HEAVY_DIRS = frozenset({"adapters", "checkpoints"})
+HEAVY_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".sqlite", ".sqlite-wal",
+                            ".sqlite-shm", ".lock"})
 SEED_STAGES = ("train", "evaluate")
 
 
@@ -138,6 +149,126 @@ def chosen_seeds(table: Any, only_seeds: list[int] | None) -> list[int]:
         raise ConfigError(f"--seeds {' '.join(map(str, unknown))}: not among the table's seeds "
                           f"({table.source}: seeds: {list(table.seeds)})")
     return [s for s in table.seeds if s in set(only_seeds)]
+
+
+def _light_files(folder: Path, skip_dirs: frozenset[str] = frozenset()) -> list[Path]:
+    """Regular files under a folder (links are not followed), the heavy ones of `HEAVY_*` and `skip_dirs` left out."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d not in HEAVY_DIRS | skip_dirs
+                             and not os.path.islink(os.path.join(dirpath, d)))
+        for f in sorted(filenames):
+            p = Path(dirpath, f)
+            if p.is_file() and not p.is_symlink() and p.suffix not in HEAVY_SUFFIXES and not f.startswith("."):
+                out.append(p)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def _seed_dir_names(table: Any) -> set[str]:
+    from qrdistill.stages import pipeline
+
+    return {pipeline.SEED_DIR.format(s) for s in table.seeds}
+
+
+def export_results(table: Any, root: Path, out: Path) -> dict[str, Any]:
+    """Copy the results of every finished row x seed of the table under `root` into `out` (same layout), with the
+    rows' shared files, the data directories' small files and the report; weights, checkpoints and the
+    completion store stay behind. A row x seed that is not finished (or was run with another config) is not
+    exported. Files already in `out` are replaced by the table directory's."""
+    from qrdistill.stages import pipeline
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no table directory to export (run `qrdistill table --config {table.source}`)")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise ConfigError(f"--export {out}: must lie outside the table directory {root}")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise ConfigError(f"--export {out}: the folder is not empty and holds no earlier export ({EXPORT_MARKER}); "
+                          f"pick a new folder")
+    seeds_dirs = _seed_dir_names(table)
+    exported: dict[str, list[int]] = {}
+    files: list[Path] = []
+    for name, cfg in table.rows.items():
+        row_dir = root / name
+        if not row_dir.is_dir():
+            continue
+        done = [s for s in table.seeds
+                if is_finished(row_dir / pipeline.SEED_DIR.format(s), seed_fingerprint(cfg, s))]
+        # The row's own files (its filtered paths, the link to its data directory); seed folders come after.
+        files += [p for p in _light_files(row_dir, skip_dirs=frozenset(seeds_dirs)) if p.parent == row_dir]
+        for s in done:
+            files += _light_files(row_dir / pipeline.SEED_DIR.format(s))
+        exported[name] = done
+    for folder in (root / DATA_DIR, root / "table"):
+        if folder.is_dir():
+            files += _light_files(folder)
+    from qrdistill.io import atomic_write_json
+
+    for f in files:
+        _copy(f, out / f.relative_to(root))
+    atomic_write_json(out / EXPORT_MARKER, {"table": str(table.source), "from": str(root), "seeds": exported})
+    size = sum(f.stat().st_size for f in files)
+    log.info("table: exported %d files (%.1f MB) to %s: %s", len(files), size / 1e6, out,
+             "; ".join(f"{n} seeds {', '.join(map(str, s)) or 'none'}" for n, s in exported.items()))
+    return {"out": str(out), "files": len(files), "bytes": size, "seeds": exported}
+
+
+def import_results(table: Any, root: Path, src: Path) -> dict[str, Any]:
+    """Copy the finished row x seeds of an export (`export_results`) into the table directory `root`.
+
+    A seed is imported only where `root` has no folder for it (a local one, finished or part-run, is kept as it
+    is) and only if it was run with this table's config for that row and seed (the fingerprint of its marker);
+    the others are named in a warning. A row's shared files and the data directories' files are copied where
+    `root` lacks them."""
+    from qrdistill.stages import pipeline
+
+    root, src = Path(root), Path(src)
+    if not src.is_dir():
+        raise ConfigError(f"--import {src}: not a directory (give the folder `qrdistill table --export` wrote)")
+    imported: dict[str, list[int]] = {}
+    skipped: list[str] = []
+    for name, cfg in table.rows.items():
+        row_src = src / name
+        if not row_src.is_dir():
+            continue
+        seeds = []
+        for s in table.seeds:
+            sub_src = row_src / pipeline.SEED_DIR.format(s)
+            if not sub_src.is_dir():
+                continue
+            where = f"{name} seed {s}"
+            if not is_finished(sub_src, seed_fingerprint(cfg, s)):
+                skipped.append(f"{where} (not finished, or run with another config than {table.source} gives now)")
+            elif (root / name / pipeline.SEED_DIR.format(s)).exists():
+                skipped.append(f"{where} (the table directory has its own)")
+            else:
+                seeds.append(s)
+        for f in _light_files(row_src, skip_dirs=frozenset(_seed_dir_names(table))):
+            if f.parent == row_src and not (root / name / f.name).exists():
+                _copy(f, root / name / f.name)
+        for s in seeds:
+            sub_src = row_src / pipeline.SEED_DIR.format(s)
+            for f in _light_files(sub_src):
+                _copy(f, root / f.relative_to(src))
+        imported[name] = seeds
+    if (src / DATA_DIR).is_dir():
+        for f in _light_files(src / DATA_DIR):
+            if not (root / f.relative_to(src)).exists():
+                _copy(f, root / f.relative_to(src))
+    if skipped:
+        log.warning("table: not imported from %s: %s", src, "; ".join(skipped))
+    log.info("table: imported from %s: %s", src,
+             "; ".join(f"{n} seeds {', '.join(map(str, s)) or 'none'}" for n, s in imported.items()) or "nothing")
+    return {"imported": imported, "skipped": skipped}
 
 
 def run(table: Any, root: Path, only_seeds: list[int] | None = None) -> dict[str, Any]:
