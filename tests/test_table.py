@@ -176,9 +176,15 @@ def test_rerun_skips_every_finished_row(killed_then_resumed):
 
     root, config = killed_then_resumed["root"], killed_then_resumed["config"]
     before = snapshot(root)
+    # A figure of an earlier report over fewer seeds: the new report must not leave it beside its own.
+    stale = root / "table" / "fig4_routing_by_task_qrdistill_seed_0.png"
+    stale.write_bytes(b"old")
     with captured_logs() as logs:
         assert main(["table", "--config", str(config)]) == 0
     text = "\n".join(logs)
+    assert not stale.exists()
+    routing_files = json.loads((root / "table" / "table.json").read_text())["routing_files"]
+    assert routing_files and all("seeds_0_1" in f for f in routing_files), routing_files
     for row in ROWS:
         assert f"table: row {row}: seeds 0, 1 finished earlier, skipped" in text
     # No stage ran: none of them logged, and no file of a row or of the shared data changed.

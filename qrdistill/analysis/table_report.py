@@ -303,6 +303,10 @@ def wall_markdown(wall: dict[str, Any], table: Any) -> list[str]:
     return md + ["", wall["note"] + ".", ""]
 
 
+#: The routing section's files in D/table/ (`report.routing_section`), rewritten by every report.
+ROUTING_PREFIXES = ("fig4_", "fig5_", "routing_")
+
+
 def build_table_report(table: Any, root: Path) -> dict[str, Any]:
     """Write D/table/ (see the module docstring) from the rows' saved artifacts."""
     from qrdistill.analysis import report, tables
@@ -337,8 +341,12 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
     if table.reference is not None:
         dirs = [root / table.reference / SEED_DIR.format(s) for s in table.seeds]
         runs = [tables.load_run(d) for d in dirs if d.is_dir()]
+        # Figures of an earlier report name its seeds ("..._seeds_0_1"): they would lie beside the new ones.
+        for p in out.iterdir():
+            if p.is_file() and p.name.startswith(ROUTING_PREFIXES):
+                p.unlink()
         section, shown = report.routing_section(runs, out, settings, conf, {})
-        routing_files = sorted(p.name for p in out.iterdir() if p.name.startswith(("fig4_", "fig5_", "routing_")))
+        routing_files = sorted(p.name for p in out.iterdir() if p.name.startswith(ROUTING_PREFIXES))
         # The section's own heading (its first two lines) gives way to one naming the row.
         md += [f"## Routing of the reference row ({ref})", ""] + (
             section[2:] if shown else ["_The reference row logged no routing._", ""])
