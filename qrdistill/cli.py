@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "every seed finished so far")
     move = sp.add_mutually_exclusive_group()
     move.add_argument("--export", metavar="DIR",
-                      help="Run nothing: copy every finished row x seed's results (no weights, checkpoints or "
-                           "completion store) into DIR, to combine with seeds run elsewhere")
+                      help="Run nothing: copy every finished row x seed's results (of --seeds if given; no "
+                           "adapters, checkpoints or tracker logs) into DIR, a new folder or an earlier export it "
+                           "replaces, to combine with seeds run elsewhere")
     move.add_argument("--import", dest="import_dir", metavar="DIR",
                       help="First copy the finished row x seeds of an --export folder that the table directory "
                            "lacks (run with this table config), then run the rest and write the report")
@@ -180,12 +181,10 @@ def dispatch(args: argparse.Namespace) -> Any:
         stage = _stage("table")
         stage.chosen_seeds(table, args.seeds)  # a bad --seeds is refused before the table directory exists
         if args.export:
-            stage.export_results(table, Path(table.run_dir), Path(args.export))
+            stage.export_results(table, Path(table.run_dir), Path(args.export), only_seeds=args.seeds)
             return 0
-        root = check_run_dir(table.run_dir, force=args.force)
-        if args.import_dir:
-            stage.import_results(table, root, Path(args.import_dir))
-        return stage.run(table, root, only_seeds=args.seeds)
+        return stage.run(table, check_run_dir(table.run_dir, force=args.force), only_seeds=args.seeds,
+                         import_from=Path(args.import_dir) if args.import_dir else None)
     if args.command == "analyze":
         run_dirs = list(args.run_dirs or [])
         if args.config or not run_dirs:

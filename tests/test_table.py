@@ -455,7 +455,8 @@ def test_a_table_runs_one_seed_per_sitting(tmp_path, models):
 @pytest.mark.slow
 def test_an_export_holds_every_finished_seed_without_weights_and_imports_into_a_new_table(
         killed_then_resumed, tmp_path):
-    """Seeds run elsewhere come together: `--export` copies results (no adapters, checkpoints or completion store);
+    """Seeds run elsewhere come together: `--export` copies results and the completion store (no adapters,
+    checkpoints or tracker logs);
     `--import` into a fresh table directory makes every imported row x seed count as finished (nothing reruns),
     and the report there equals the original's."""
     from qrdistill.cli import main
@@ -464,8 +465,8 @@ def test_an_export_holds_every_finished_seed_without_weights_and_imports_into_a_
     out = tmp_path / "export"
     assert main(["table", "--config", str(config), "--export", str(out)]) == 0
     names = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
-    assert not [n for n in names if {"adapters", "checkpoints"} & set(n.parts) or n.suffix in (".safetensors",
-                                                                                                 ".sqlite")], names
+    assert not [n for n in names if {"adapters", "checkpoints", "tb"} & set(n.parts) or n.suffix == ".safetensors"]
+    assert [n.parts[0] for n in names if n.suffix == ".sqlite"] == ["data"]  # the teacher's completions only
     for row in ROWS:
         for s in SEEDS:
             for f in ("table_seed.json", "eval/summary.json"):
@@ -484,12 +485,32 @@ def test_an_export_holds_every_finished_seed_without_weights_and_imports_into_a_
     new_cells = json.loads((new / "table" / "table.json").read_text())
     assert new_cells["entries"] == old_cells["entries"] and new_cells["entries"]
     assert new_cells["routing_files"] == old_cells["routing_files"] and new_cells["routing_files"]
+    assert (new / "table" / "analysis" / "report.md").read_text().replace(str(new), str(root)) == (
+        root / "table" / "analysis" / "report.md").read_text()
+
+    # A third seed on this machine after importing the first two: the rows with generate + filter rerun them in
+    # the imported data directory (its completion store came along), and the report pools all three seeds.
+    third = tmp_path / "third.yaml"
+    third.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "seeds": [*SEEDS, 2]}, sort_keys=False))
+    later = tmp_path / "later"
+    with captured_logs() as logs:
+        assert main(["table", "--config", str(third), "--run-dir", str(later), "--seeds", "2", "--import",
+                     str(out)]) == 0
+    text = "\n".join(logs)
+    assert "table: imported from" in text and "not imported" not in text, text[-2000:]
+    for row in ROWS:
+        assert f"table: row {row}, seed 2 (" in text and f"table: row {row}, seed 0 (" not in text
+    cells = json.loads((later / "table" / "table.json").read_text())
+    assert {tuple(e["accuracy"]["seed_list"]) for e in cells["entries"]} == {(0, 1, 2)}
 
 
-def test_an_import_takes_only_seeds_run_with_the_tables_config_and_keeps_local_ones(tmp_path, models):
+def test_an_import_takes_only_seeds_run_with_the_tables_config_and_keeps_local_ones(tmp_path, models, capsys):
     """A seed exported under another config is not imported (a warning names it); a seed the table directory has
-    already is kept as it is; an export refuses a folder that is neither new nor an earlier export."""
+    already is kept as it is; an unfinished seed is not exported; an export replaces an earlier one only when it
+    loses none of its seeds, and refuses a folder that is neither new nor an export."""
     from qrdistill.cli import main
+    from qrdistill.config.table import load_table_config
+    from qrdistill.stages.table import import_results
 
     root = tmp_path / "run"
     config = table_config(tmp_path / "table.yaml", root, models)
@@ -499,29 +520,41 @@ def test_an_import_takes_only_seeds_run_with_the_tables_config_and_keeps_local_o
     assert main(["table", "--config", str(config)]) == 0
     out = tmp_path / "export"
     assert main(["table", "--config", str(config), "--export", str(out)]) == 0
-    assert sorted(json.loads((out / "table_export.json").read_text())["seeds"]["zero_shot"]) == SEEDS
+    assert json.loads((out / "table_export.json").read_text())["seeds"] == {"zero_shot": SEEDS}
+    assert (out / "zero_shot" / "seed-1" / "eval" / "summary.json").is_file()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["table", "--config", str(config), "--export", str(tmp_path / "busy")]) == 2
-    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "busy").iterdir())) == 1
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+    assert main(["table", "--config", str(config), "--run-dir", str(tmp_path / "fresh"),
+                 "--import", str(tmp_path / "busy")]) == 2
+    assert "no table_export.json" in capsys.readouterr().err
+    assert not (tmp_path / "fresh" / "zero_shot").exists()
 
     # The same table with a different evaluation budget: the exported seeds were not run with it.
     changed = dict(table, run_dir=str(tmp_path / "changed"))
     changed["base"] = {**table["base"], "evaluate": {**table["base"]["evaluate"], "max_new_tokens": 5}}
     changed_cfg = tmp_path / "changed.yaml"
     changed_cfg.write_text(yaml.safe_dump(changed, sort_keys=False))
+    (tmp_path / "changed").mkdir()
     with captured_logs() as logs:
-        assert main(["table", "--config", str(changed_cfg), "--seeds", "0", "--import", str(out)]) == 0
-    text = "\n".join(logs)
-    assert "not imported from" in text and "zero_shot seed 0 (not finished, or run with another config" in text
-    assert "table: row zero_shot, seed 0 (" in text  # it ran here instead
-    marker = json.loads((tmp_path / "changed" / "zero_shot" / "seed-0" / "table_seed.json").read_text())
-    assert marker["fingerprint"] != json.loads((out / "zero_shot" / "seed-0" / "table_seed.json").read_text())[
-        "fingerprint"]
+        result = import_results(load_table_config(str(changed_cfg)), tmp_path / "changed", out)
+    assert result["imported"] == {"zero_shot": []} and not (tmp_path / "changed" / "zero_shot" / "seed-0").exists()
+    assert "zero_shot seed 0 (not finished, or run with another config" in "\n".join(logs)
 
     # The original table directory already holds both seeds: an import leaves them exactly as they were.
     before = snapshot(root / "zero_shot")
     with captured_logs() as logs:
         assert main(["table", "--config", str(config), "--import", str(out)]) == 0
-    assert "zero_shot seed 0 (the table directory has its own)" in "\n".join(logs)
+    assert "zero_shot seed 0 (" in "\n".join(logs) and "exists; remove it to import" in "\n".join(logs)
     assert snapshot(root / "zero_shot") == before
+
+    # Seed 1 unfinished here: a new export would lose the earlier export's seed 1, so it is refused; a new folder
+    # gets seed 0 only.
+    marker = root / "zero_shot" / "seed-1" / "table_seed.json"
+    marker.write_text(marker.read_text().replace('"finished"', '"running"'))
+    assert main(["table", "--config", str(config), "--export", str(out)]) == 2
+    assert json.loads((out / "table_export.json").read_text())["seeds"] == {"zero_shot": SEEDS}
+    assert main(["table", "--config", str(config), "--export", str(tmp_path / "export0")]) == 0
+    assert not (tmp_path / "export0" / "zero_shot" / "seed-1").exists()
+    assert (tmp_path / "export0" / "zero_shot" / "seed-0" / "eval" / "summary.json").is_file()

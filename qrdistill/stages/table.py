@@ -12,10 +12,11 @@ Layout under the table's run directory D:
   D/<row>/table_row.json names the row's data directory.
 - D/table/: the report (`analysis.table_report`).
 
-`export_results` copies what the report and the skip check read (every finished row x seed, the rows' filtered
-paths, the data markers and the report) without model weights, training checkpoints or the completion store, so
-that seeds run on different machines or in different sittings can be put together: `import_results` copies an
-export into a table directory, and its seeds count as finished there.
+`export_results` copies what the report, the skip check and later seeds read (every finished row x seed, the
+rows' filtered paths, the data directories with their completion stores, the report) without adapters,
+checkpoints or tracker logs, so that seeds run on different machines or in different sittings can be put
+together: `import_results` copies an export into a table directory, where its seeds count as finished and new
+seeds reuse the teacher's stored completions.
 
 A row x seed whose table_seed.json says finished with the same fingerprint and whose
 eval/summary.json exists is skipped without running a stage. Any other one goes through the
@@ -26,6 +27,7 @@ predictions, as `qrdistill run --seeds` does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,10 +48,11 @@ ROW_MARKER = "table_row.json"
 EXPORT_MARKER = "table_export.json"
 DATA_DIR = "data"
 DATA_STAGES = ("generate", "filter")
-#: What a results export leaves out: adapters and checkpoints (folders), weights, the completion store, locks.
-HEAVY_DIRS = frozenset({"adapters", "checkpoints"})
-HEAVY_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".sqlite", ".sqlite-wal",
-                            ".sqlite-shm", ".lock"})
+#: What a results export leaves out: adapters, checkpoints and tracker logs (folders), weights, locks.
+HEAVY_DIRS = frozenset({"adapters", "checkpoints", "tb", "wandb", "mlruns"})
+#: Weights, and the store's write-ahead files (a store is exported through SQLite's backup instead).
+HEAVY_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".sqlite-wal", ".sqlite-shm",
+                            ".lock"})
 SEED_STAGES = ("train", "evaluate")
 
 
@@ -155,7 +158,7 @@ def _light_files(folder: Path, skip_dirs: frozenset[str] = frozenset()) -> list[
     """Regular files under a folder (links are not followed), the heavy ones of `HEAVY_*` and `skip_dirs` left out."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d not in HEAVY_DIRS | skip_dirs
+        dirnames[:] = sorted(d for d in dirnames if d not in HEAVY_DIRS | skip_dirs and not d.startswith(".")
                              and not os.path.islink(os.path.join(dirpath, d)))
         for f in sorted(filenames):
             p = Path(dirpath, f)
@@ -165,116 +168,161 @@ def _light_files(folder: Path, skip_dirs: frozenset[str] = frozenset()) -> list[
 
 
 def _copy(src: Path, dst: Path) -> None:
+    """Copy one file; a SQLite store through SQLite's backup (its write-ahead log may hold what the file lacks)."""
     import shutil
+    import sqlite3
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
+    if src.suffix == ".sqlite":
+        with contextlib.closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as a, \
+                contextlib.closing(sqlite3.connect(dst)) as b:
+            a.backup(b)
+        return
+    shutil.copyfile(src, dst)
+
+
+def _copy_folder(files: list[Path], src_root: Path, dst: Path) -> None:
+    """Copy `files` (under `src_root`) into a new folder `dst` at once: built beside it, then renamed into place, so
+    that a killed copy leaves no folder that looks complete."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in files:
+        _copy(f, tmp / f.relative_to(src_root))
+    tmp.mkdir(parents=True, exist_ok=True)
     tmp.replace(dst)
 
 
-def _seed_dir_names(table: Any) -> set[str]:
+def _data_keys(table: Any) -> set[str]:
+    """The data directories the table's rows read now."""
+    return {data_key(cfg) for cfg in table.rows.values() if any(s in DATA_STAGES for s in cfg.stages)}
+
+
+def _finished_seeds(table: Any, root: Path, seeds: list[int]) -> dict[str, list[int]]:
     from qrdistill.stages import pipeline
 
-    return {pipeline.SEED_DIR.format(s) for s in table.seeds}
+    return {name: [s for s in seeds if is_finished(root / name / pipeline.SEED_DIR.format(s), seed_fingerprint(cfg, s))]
+            for name, cfg in table.rows.items()}
 
 
-def export_results(table: Any, root: Path, out: Path) -> dict[str, Any]:
-    """Copy the results of every finished row x seed of the table under `root` into `out` (same layout), with the
-    rows' shared files, the data directories' small files and the report; weights, checkpoints and the
-    completion store stay behind. A row x seed that is not finished (or was run with another config) is not
-    exported. Files already in `out` are replaced by the table directory's."""
+def _seed_list(seeds: dict[str, list[int]]) -> str:
+    return "; ".join(f"{n} seeds {', '.join(map(str, s)) or 'none'}" for n, s in seeds.items())
+
+
+def export_results(table: Any, root: Path, out: Path, only_seeds: list[int] | None = None) -> dict[str, Any]:
+    """Copy the results of the table's finished row x seeds under `root` (of `only_seeds` if given) into `out`,
+    in the same layout: each seed's folder, the rows' own files, the data directories the rows read (their
+    completion store included: the teacher's bill) and the report; adapters, checkpoints and tracker logs stay
+    behind. `out` is new, or an earlier export that it replaces as a whole, and only if every seed that holds
+    is in the new one (import it first otherwise)."""
+    import shutil
+
+    from qrdistill.io import atomic_write_json
     from qrdistill.stages import pipeline
+    from qrdistill.stages.generate import run_dir_lock
 
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise ConfigError(f"{root}: no table directory to export (run `qrdistill table --config {table.source}`)")
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise ConfigError(f"--export {out}: must lie outside the table directory {root}")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
-        raise ConfigError(f"--export {out}: the folder is not empty and holds no earlier export ({EXPORT_MARKER}); "
-                          f"pick a new folder")
-    seeds_dirs = _seed_dir_names(table)
-    exported: dict[str, list[int]] = {}
-    files: list[Path] = []
-    for name, cfg in table.rows.items():
-        row_dir = root / name
-        if not row_dir.is_dir():
-            continue
-        done = [s for s in table.seeds
-                if is_finished(row_dir / pipeline.SEED_DIR.format(s), seed_fingerprint(cfg, s))]
-        # The row's own files (its filtered paths, the link to its data directory); seed folders come after.
-        files += [p for p in _light_files(row_dir, skip_dirs=frozenset(seeds_dirs)) if p.parent == row_dir]
-        for s in done:
-            files += _light_files(row_dir / pipeline.SEED_DIR.format(s))
-        exported[name] = done
-    for folder in (root / DATA_DIR, root / "table"):
-        if folder.is_dir():
-            files += _light_files(folder)
-    from qrdistill.io import atomic_write_json
-
-    for f in files:
-        _copy(f, out / f.relative_to(root))
-    atomic_write_json(out / EXPORT_MARKER, {"table": str(table.source), "from": str(root), "seeds": exported})
-    size = sum(f.stat().st_size for f in files)
-    log.info("table: exported %d files (%.1f MB) to %s: %s", len(files), size / 1e6, out,
-             "; ".join(f"{n} seeds {', '.join(map(str, s)) or 'none'}" for n, s in exported.items()))
-    return {"out": str(out), "files": len(files), "bytes": size, "seeds": exported}
+    earlier = read_marker(out / EXPORT_MARKER) if out.is_dir() else None
+    if out.exists() and not (out.is_dir() and (earlier is not None or not any(out.iterdir()))):
+        raise ConfigError(f"--export {out}: not empty and not an earlier export ({EXPORT_MARKER}); pick a new folder")
+    with run_dir_lock(root, "table"):
+        done = _finished_seeds(table, root, chosen_seeds(table, only_seeds))
+        dropped = [f"{n} seed {s}" for n, ss in ((earlier or {}).get("seeds") or {}).items() for s in ss
+                   if s not in done.get(n, [])]
+        if dropped:
+            raise ConfigError(f"--export {out}: the earlier export there holds {', '.join(dropped)}, which {root} "
+                              f"lacks; import it first (qrdistill table --config {table.source} --import {out})")
+        seed_names = frozenset(pipeline.SEED_DIR.format(s) for s in table.seeds)
+        files: list[Path] = []
+        for name, seeds in done.items():
+            row_dir = root / name
+            if row_dir.is_dir():
+                files += [p for p in _light_files(row_dir, skip_dirs=seed_names) if p.parent == row_dir]
+            for s in seeds:
+                files += _light_files(row_dir / pipeline.SEED_DIR.format(s))
+        for key in sorted(_data_keys(table)):
+            if (root / DATA_DIR / key).is_dir():
+                files += _light_files(root / DATA_DIR / key)
+        if (root / "table").is_dir():
+            files += _light_files(root / "table")
+        tmp = out.with_name(f".{out.name}.exporting")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in files:
+            _copy(f, tmp / f.relative_to(root))
+        atomic_write_json(tmp / EXPORT_MARKER, {"table": str(table.source), "from": str(root), "seeds": done})
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        out.replace(old)
+        tmp.replace(out)
+        shutil.rmtree(old)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log.info("table: exported %d files (%.1f MB) to %s: %s", len(files), size / 1e6, out, _seed_list(done))
+    return {"out": str(out), "files": len(files), "bytes": size, "seeds": done}
 
 
 def import_results(table: Any, root: Path, src: Path) -> dict[str, Any]:
-    """Copy the finished row x seeds of an export (`export_results`) into the table directory `root`.
+    """Copy the finished row x seeds of an export (`export_results`) into the table directory `root`; the caller
+    holds the table's lock.
 
-    A seed is imported only where `root` has no folder for it (a local one, finished or part-run, is kept as it
-    is) and only if it was run with this table's config for that row and seed (the fingerprint of its marker);
-    the others are named in a warning. A row's shared files and the data directories' files are copied where
-    `root` lacks them."""
+    A seed is imported only if it was run with this table's config for that row and seed (the fingerprint of its
+    marker) and `root` has no folder for it (a local one, finished or part-run, is kept as it is); the others are
+    named in a warning. A row's own files are copied where `root` lacks them, a data directory the rows read
+    where `root` lacks it (whole: its completion store with the paths made from it)."""
     from qrdistill.stages import pipeline
 
     root, src = Path(root), Path(src)
-    if not src.is_dir():
-        raise ConfigError(f"--import {src}: not a directory (give the folder `qrdistill table --export` wrote)")
+    marker = read_marker(src / EXPORT_MARKER) if src.is_dir() else None
+    if marker is None:
+        raise ConfigError(f"--import {src}: not an export of `qrdistill table --export` (no {EXPORT_MARKER})")
+    if marker.get("table") != str(table.source):
+        log.warning("table: %s was exported from table %s, not %s; its seeds are checked against this table's "
+                    "config", src, marker.get("table"), table.source)
+    seed_names = frozenset(pipeline.SEED_DIR.format(s) for s in table.seeds)
     imported: dict[str, list[int]] = {}
     skipped: list[str] = []
     for name, cfg in table.rows.items():
         row_src = src / name
         if not row_src.is_dir():
             continue
-        seeds = []
+        imported[name] = []
         for s in table.seeds:
-            sub_src = row_src / pipeline.SEED_DIR.format(s)
+            sub_src, sub = row_src / pipeline.SEED_DIR.format(s), root / name / pipeline.SEED_DIR.format(s)
             if not sub_src.is_dir():
                 continue
-            where = f"{name} seed {s}"
             if not is_finished(sub_src, seed_fingerprint(cfg, s)):
-                skipped.append(f"{where} (not finished, or run with another config than {table.source} gives now)")
-            elif (root / name / pipeline.SEED_DIR.format(s)).exists():
-                skipped.append(f"{where} (the table directory has its own)")
+                skipped.append(f"{name} seed {s} (not finished, or run with another config than "
+                               f"{table.source} gives now)")
+            elif sub.exists():
+                skipped.append(f"{name} seed {s} ({sub} exists; remove it to import this one)")
             else:
-                seeds.append(s)
-        for f in _light_files(row_src, skip_dirs=frozenset(_seed_dir_names(table))):
+                _copy_folder(_light_files(sub_src), sub_src, sub)
+                imported[name].append(s)
+        for f in _light_files(row_src, skip_dirs=seed_names):
             if f.parent == row_src and not (root / name / f.name).exists():
                 _copy(f, root / name / f.name)
-        for s in seeds:
-            sub_src = row_src / pipeline.SEED_DIR.format(s)
-            for f in _light_files(sub_src):
-                _copy(f, root / f.relative_to(src))
-        imported[name] = seeds
-    if (src / DATA_DIR).is_dir():
-        for f in _light_files(src / DATA_DIR):
-            if not (root / f.relative_to(src)).exists():
-                _copy(f, root / f.relative_to(src))
+    for key in sorted(_data_keys(table)):
+        if (src / DATA_DIR / key).is_dir() and not (root / DATA_DIR / key).exists():
+            _copy_folder(_light_files(src / DATA_DIR / key), src / DATA_DIR / key, root / DATA_DIR / key)
     if skipped:
         log.warning("table: not imported from %s: %s", src, "; ".join(skipped))
-    log.info("table: imported from %s: %s", src,
-             "; ".join(f"{n} seeds {', '.join(map(str, s)) or 'none'}" for n, s in imported.items()) or "nothing")
+    log.info("table: imported from %s: %s", src, _seed_list(imported) or "nothing")
     return {"imported": imported, "skipped": skipped}
 
 
-def run(table: Any, root: Path, only_seeds: list[int] | None = None) -> dict[str, Any]:
+def run(table: Any, root: Path, only_seeds: list[int] | None = None, import_from: Path | None = None) -> dict[str, Any]:
     """Run every unfinished row x seed of a `ResolvedTable` under `root` (of `only_seeds` if given: a
     subset of the table's seeds, for a table too long for one sitting), then write the report over every
-    seed finished so far."""
+    seed finished so far. `import_from`: an export whose finished seeds are copied in first
+    (`import_results`)."""
     from qrdistill.analysis.table_report import build_table_report
     from qrdistill.io import atomic_write_json
     from qrdistill.stages import pipeline
@@ -284,6 +332,8 @@ def run(table: Any, root: Path, only_seeds: list[int] | None = None) -> dict[str
     seeds = chosen_seeds(table, only_seeds)
     status: dict[str, dict[int, str]] = {}
     with run_dir_lock(root, "table"):
+        if import_from is not None:
+            import_results(table, root, Path(import_from))
         data_done: set[str] = set()
         for name, cfg in table.rows.items():
             row_dir = root / name
