@@ -443,6 +443,7 @@ def test_a_table_runs_one_seed_per_sitting(tmp_path, models):
     assert not (root / "zero_shot" / "seed-0").exists()
     cells = json.loads((root / "table" / "table.json").read_text())
     assert {tuple(e["accuracy"]["seed_list"]) for e in cells["entries"]} == {(1,)}, cells["entries"]
+    assert cells["finished_seeds"] == [1] and "(finished in every row: 1)" in (root / "table" / "table.md").read_text()
     seed1 = snapshot(root / "zero_shot" / "seed-1")
     with captured_logs() as logs:
         assert main(["table", "--config", str(config)]) == 0

@@ -322,11 +322,13 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
     conf = int(round(100 * settings["confidence"]))
     entries, tasks = table_rows(table, root, settings)
     wall = wall_times(table, root)
+    finished = [s for s in table.seeds if all(r["seeds"][str(s)]["status"] == "finished" for r in wall["rows"].values())]
 
     ref = table.labels.get(table.reference, table.reference) if table.reference else None
     zs = table.labels.get(table.zero_shot, table.zero_shot) if table.zero_shot else None
     md = [f"# Results table: {table.source}", "",
-          f"Rows: {', '.join(table.labels.get(n, n) for n in table.rows)}; seeds {', '.join(map(str, table.seeds))}. "
+          f"Rows: {', '.join(table.labels.get(n, n) for n in table.rows)}; seeds {', '.join(map(str, table.seeds))} "
+          f"(finished in every row: {', '.join(map(str, finished)) or 'none'}). "
           f"Reference: {ref or '(none)'}; zero-shot: {zs or '(none)'}.", "",
           f"Accuracy (flexible; strict = the answer line only): mean over seeds ± {SPREAD}. Δ = A − B in "
           f"points against the reference and the zero-shot rows (the same student; against zero-shot, the base "
@@ -360,7 +362,7 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
         except MissingArtifactError:
             analysis = None
 
-    result = {"table": table.source, "run_dir": str(root), "seeds": table.seeds, "rows": list(table.rows),
+    result = {"table": table.source, "run_dir": str(root), "seeds": table.seeds, "finished_seeds": finished, "rows": list(table.rows),
               "labels": dict(table.labels), "reference": table.reference, "zero_shot": table.zero_shot,
               "tasks": tasks, "shortcut_baselines": shortcuts, "spread": SPREAD, "pooling": POOLING, "settings": settings, "entries": entries,
               "wall_time": wall, "routing_files": routing_files, "analysis_report": analysis}
