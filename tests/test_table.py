@@ -415,6 +415,14 @@ def test_the_shipped_table_configs_validate(monkeypatch):
     assert [(t.name, t.split) for t in date.evaluate.tasks] == [("date", "train"), ("date", "test")]
     assert {t.path for t in date.evaluate.tasks} == {"../shared/data/bigbench_date/task.json"}
     assert [t.name for t in date.tasks] == ["procedural_date"]
+    # The same-base contrast differs from the StrategyQA table in its students only.
+    pair = load_table_config(ROOT / "configs" / "tables" / "strategyqa_same_base.yaml")
+    mixed = load_table_config(ROOT / "configs" / "tables" / "strategyqa.yaml").rows["qrdistill"]
+    assert list(pair.rows) == ["zero_shot", "random_router", "qrdistill"] and pair.reference == "qrdistill"
+    same = pair.rows["qrdistill"]
+    assert [s.model for s in same.train.students] == ["smollm2-135m", "smollm2-135m"]
+    other = {"run_dir": True, "train": {"students"}}
+    assert same.model_dump(exclude=other) == mixed.model_dump(exclude=other)
 
 
 def test_seeds_outside_the_table_give_one_clear_line(tmp_path, capsys, monkeypatch):
