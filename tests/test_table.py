@@ -283,6 +283,16 @@ def _fake_seed(sub: Path, key: str, correct: list[bool], task: str = "t") -> Non
     summary_path.write_text(json.dumps(summary))
 
 
+def _mark(table, root: Path, row: str, seed: int, status: str = "finished", fingerprint: str | None = None) -> None:
+    """Write the marker the table stage leaves in a row x seed (`stages.table._finish`)."""
+    from qrdistill.stages.table import SEED_MARKER, seed_fingerprint
+
+    fp = fingerprint or seed_fingerprint(table.rows[row], seed)
+    (root / row / f"seed-{seed}" / SEED_MARKER).write_text(json.dumps(
+        {"row": row, "seed": seed, "fingerprint": fp, "status": status,
+         "attempts": [{"wall_s": 1.0, "ended": status}], "wall_s": 1.0}))
+
+
 def test_statistics_match_a_hand_computation(tmp_path):
     """Two rows, two seeds, ten questions: the mean, the spread and the paired columns on outcomes chosen so
     that every number is known by hand."""
@@ -306,6 +316,8 @@ def test_statistics_match_a_hand_computation(tmp_path):
         _fake_seed(root / "qr" / f"seed-{s}", "b", zs)
         _fake_seed(root / "zs" / f"seed-{s}", "base:m1", zs)
         _fake_seed(root / "zs" / f"seed-{s}", "base:m2", zs)
+        _mark(table, root, "qr", s)
+        _mark(table, root, "zs", s)
     result = build_table_report(table, root)
     by = {(e["row"], e["student"]): e for e in result["entries"]}
     a = by[("qr", "a")]
@@ -330,6 +342,32 @@ def test_statistics_match_a_hand_computation(tmp_path):
     assert b["diff"] == 0 and b["p"] == 1.0
     md = (root / "table" / "table.md").read_text()
     assert "| qr | a | 70.0 ± 14.1 (60.0–80.0) | 2 |" in md and "+50.0 [" in md and "| 0.031 |" in md
+
+
+def test_a_seed_run_with_another_config_or_not_finished_is_not_reported(tmp_path):
+    """A seed folder left from an earlier version of the table config (a stale fingerprint), or one whose run
+    stopped after evaluating, holds an evaluation summary like a finished one; the report counts neither."""
+    from qrdistill.analysis.table_report import build_table_report
+    from qrdistill.config.table import load_table_config
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "base": {"train": {"students": [{"name": "a", "model": "m1"}, {"name": "b", "model": "m2"}]}},
+        "seeds": [0, 1, 2], "run_dir": str(tmp_path / "run"), "rows": [{"name": "qr"}]}))
+    table = load_table_config(cfg)
+    root = tmp_path / "run"
+    for s, right in ((0, 8), (1, 2), (2, 0)):
+        for key in ("a", "b"):
+            _fake_seed(root / "qr" / f"seed-{s}", key, [True] * right + [False] * (10 - right))
+    _mark(table, root, "qr", 0)
+    _mark(table, root, "qr", 1, fingerprint="0123456789abcdef")
+    _mark(table, root, "qr", 2, status="running")
+    result = build_table_report(table, root)
+    assert [e["accuracy"]["accuracy"] for e in result["entries"]] == [pytest.approx(0.8)] * 2
+    assert result["finished_seeds"] == [0]
+    seeds = result["wall_time"]["rows"]["qr"]["seeds"]
+    assert seeds["1"]["status"].startswith("stale") and seeds["2"]["status"] == "running"
+    assert result["wall_time"]["rows"]["qr"]["total_s"] == pytest.approx(2.0)  # seeds 0 and 2, not the stale one
 
 
 # ---------------------------------------------------------------- bad configs

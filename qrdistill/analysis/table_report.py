@@ -38,15 +38,17 @@ METRICS = (("flexible", "correct"), ("strict", "strict_correct"))
 def systems(table: Any, root: Path) -> list[dict[str, Any]]:
     """Each row's evaluated students: {row, label, student, model, key (eval summary key), zero_shot, dirs}.
 
-    `dirs` maps each seed to its run directory where that seed has an evaluation summary.
+    `dirs` maps each seed to its run directory where that seed finished with the row's present config: a
+    part-run seed, or one left from an earlier version of the table config, is not reported.
     """
     from qrdistill.stages.pipeline import SEED_DIR
+    from qrdistill.stages.table import is_finished, seed_fingerprint
 
     out = []
     for name, cfg in table.rows.items():
         zero = "train" not in cfg.stages
         dirs = {s: root / name / SEED_DIR.format(s) for s in table.seeds}
-        dirs = {s: d for s, d in dirs.items() if (d / "eval" / "summary.json").is_file()}
+        dirs = {s: d for s, d in dirs.items() if is_finished(d, seed_fingerprint(cfg, s))}
         for st in cfg.train.students:
             out.append({"row": name, "label": table.labels.get(name, name), "student": st.name, "model": st.model,
                         "key": "base:" + st.model if zero else st.name, "zero_shot": zero, "dirs": dirs})
@@ -177,18 +179,20 @@ def wall_times(table: Any, root: Path) -> dict[str, Any]:
     """Seconds per row (train + evaluate, summed over seeds and over each seed's attempts) and per shared
     data directory (generate + filter), from the markers the table stage writes."""
     from qrdistill.stages.pipeline import SEED_DIR
-    from qrdistill.stages.table import DATA_MARKER, ROW_MARKER, SEED_MARKER, read_marker
+    from qrdistill.stages.table import DATA_MARKER, ROW_MARKER, SEED_MARKER, read_marker, seed_fingerprint
 
     rows: dict[str, Any] = {}
     data: dict[str, Any] = {}
-    for name in table.rows:
+    for name, cfg in table.rows.items():
         per_seed = {}
         for s in table.seeds:
             m = read_marker(root / name / SEED_DIR.format(s) / SEED_MARKER) or {}
             attempts = [a for a in m.get("attempts", []) if isinstance(a, dict)]
-            per_seed[str(s)] = {"wall_s": m.get("wall_s"), "status": m.get("status", "not run"),
-                                "attempts": len(attempts)}
-        done = [v["wall_s"] for v in per_seed.values() if v["wall_s"] is not None]
+            status = m.get("status", "not run")
+            if status == "finished" and m.get("fingerprint") != seed_fingerprint(cfg, s):
+                status = "stale (run with another config; not reported)"
+            per_seed[str(s)] = {"wall_s": m.get("wall_s"), "status": status, "attempts": len(attempts)}
+        done = [v["wall_s"] for v in per_seed.values() if v["wall_s"] is not None and not v["status"].startswith("stale")]
         link = (read_marker(root / name / ROW_MARKER) or {}).get("data_dir")
         rows[name] = {"total_s": sum(done) if done else None, "seeds": per_seed, "data_dir": link}
         if link:
@@ -312,6 +316,7 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
     from qrdistill.analysis import report, tables
     from qrdistill.errors import MissingArtifactError
     from qrdistill.stages.pipeline import SEED_DIR
+    from qrdistill.stages.table import is_finished, seed_fingerprint
 
     root = Path(root)
     out = root / TABLE_DIR
@@ -341,8 +346,10 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
 
     routing_files: list[str] = []
     if table.reference is not None:
-        dirs = [root / table.reference / SEED_DIR.format(s) for s in table.seeds]
-        runs = [tables.load_run(d) for d in dirs if d.is_dir()]
+        ref_cfg = table.rows[table.reference]
+        dirs = [root / table.reference / SEED_DIR.format(s) for s in table.seeds
+                if is_finished(root / table.reference / SEED_DIR.format(s), seed_fingerprint(ref_cfg, s))]
+        runs = [tables.load_run(d) for d in dirs]
         # Figures of an earlier report name its seeds ("..._seeds_0_1"): they would lie beside the new ones.
         for p in out.iterdir():
             if p.is_file() and p.name.startswith(ROUTING_PREFIXES):
