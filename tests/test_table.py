@@ -288,9 +288,10 @@ def _mark(table, root: Path, row: str, seed: int, status: str = "finished", fing
     from qrdistill.stages.table import SEED_MARKER, seed_fingerprint
 
     fp = fingerprint or seed_fingerprint(table.rows[row], seed)
-    (root / row / f"seed-{seed}" / SEED_MARKER).write_text(json.dumps(
-        {"row": row, "seed": seed, "fingerprint": fp, "status": status,
-         "attempts": [{"wall_s": 1.0, "ended": status}], "wall_s": 1.0}))
+    done = status == "finished"
+    marker = {"row": row, "seed": seed, "fingerprint": fp, "status": status,
+              "attempts": [{"started": 0.0, "wall_s": 1.0 if done else None, **({"ended": status} if done else {})}]}
+    (root / row / f"seed-{seed}" / SEED_MARKER).write_text(json.dumps({**marker, **({"wall_s": 1.0} if done else {})}))
 
 
 def test_statistics_match_a_hand_computation(tmp_path):
@@ -363,11 +364,12 @@ def test_a_seed_run_with_another_config_or_not_finished_is_not_reported(tmp_path
     _mark(table, root, "qr", 1, fingerprint="0123456789abcdef")
     _mark(table, root, "qr", 2, status="running")
     result = build_table_report(table, root)
+    assert "| 1 | 0: 1, 1: 1 (stale), 2: – | 1, 1, 1 |" in (root / "table" / "table.md").read_text()
     assert [e["accuracy"]["accuracy"] for e in result["entries"]] == [pytest.approx(0.8)] * 2
     assert result["finished_seeds"] == [0]
     seeds = result["wall_time"]["rows"]["qr"]["seeds"]
     assert seeds["1"]["status"].startswith("stale") and seeds["2"]["status"] == "running"
-    assert result["wall_time"]["rows"]["qr"]["total_s"] == pytest.approx(2.0)  # seeds 0 and 2, not the stale one
+    assert result["wall_time"]["rows"]["qr"]["total_s"] == pytest.approx(1.0)  # seed 0 only: not the stale one
 
 
 # ---------------------------------------------------------------- bad configs

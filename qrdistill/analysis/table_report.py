@@ -189,7 +189,7 @@ def wall_times(table: Any, root: Path) -> dict[str, Any]:
             m = read_marker(root / name / SEED_DIR.format(s) / SEED_MARKER) or {}
             attempts = [a for a in m.get("attempts", []) if isinstance(a, dict)]
             status = m.get("status", "not run")
-            if status == "finished" and m.get("fingerprint") != seed_fingerprint(cfg, s):
+            if m and m.get("fingerprint") != seed_fingerprint(cfg, s):
                 status = "stale (run with another config; not reported)"
             per_seed[str(s)] = {"wall_s": m.get("wall_s"), "status": status, "attempts": len(attempts)}
         done = [v["wall_s"] for v in per_seed.values() if v["wall_s"] is not None and not v["status"].startswith("stale")]
@@ -295,7 +295,7 @@ def wall_markdown(wall: dict[str, Any], table: Any) -> list[str]:
     md = ["| row | total (s) | per seed (s) | attempts |", "|---|---|---|---|"]
     for name, r in wall["rows"].items():
         per = ", ".join(f"{s}: " + ("–" if v["wall_s"] is None else f"{v['wall_s']:.0f}")
-                        for s, v in r["seeds"].items())
+                        + (" (stale)" if v["status"].startswith("stale") else "") for s, v in r["seeds"].items())
         attempts = ", ".join(str(v["attempts"]) for v in r["seeds"].values())
         total = "–" if r["total_s"] is None else f"{r['total_s']:.0f}"
         md.append(f"| {table.labels.get(name, name)} | {total} | {per} | {attempts} |")
