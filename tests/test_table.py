@@ -455,6 +455,9 @@ def test_the_shipped_table_configs_validate(monkeypatch):
     assert [(t.name, t.split) for t in date.evaluate.tasks] == [("date", "train"), ("date", "test")]
     assert {t.path for t in date.evaluate.tasks} == {"../shared/data/bigbench_date/task.json"}
     assert [t.name for t in date.tasks] == ["procedural_date"]
+    gsm = load_table_config(ROOT / "configs" / "tables" / "gsm8k.yaml").rows["qrdistill"]
+    assert [(t.split, t.limit) for t in gsm.tasks] == [("train", 100)]
+    assert [(t.split, t.limit) for t in gsm.evaluate.tasks] == [("test", 50)]
     # The same-base contrast differs from the StrategyQA table in its students only.
     pair = load_table_config(ROOT / "configs" / "tables" / "strategyqa_same_base.yaml")
     mixed = load_table_config(ROOT / "configs" / "tables" / "strategyqa.yaml").rows["qrdistill"]
