@@ -370,6 +370,9 @@ def test_a_seed_run_with_another_config_or_not_finished_is_not_reported(tmp_path
     seeds = result["wall_time"]["rows"]["qr"]["seeds"]
     assert seeds["1"]["status"].startswith("stale") and seeds["2"]["status"] == "running"
     assert result["wall_time"]["rows"]["qr"]["total_s"] == pytest.approx(1.0)  # seed 0 only: not the stale one
+    # The standard analysis report beside the table pools the same seeds.
+    analysis = (root / "table" / "analysis" / "report.md").read_text()
+    assert "qr/seed-0" in analysis and "qr/seed-1" not in analysis and "qr/seed-2" not in analysis
 
 
 # ---------------------------------------------------------------- bad configs

@@ -359,12 +359,14 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
         # The section's own heading (its first two lines) gives way to one naming the row.
         md += [f"## Routing of the reference row ({ref})", ""] + (
             section[2:] if shown else ["_The reference row logged no routing._", ""])
-    row_dirs = [root / n for n in table.rows if (root / n).is_dir()]
+    # The seed folders the table reports, not every seed-k a row holds (a stale or part-run one is left out).
+    row_dirs = [root / n / SEED_DIR.format(s) for n, cfg in table.rows.items() for s in table.seeds
+                if is_finished(root / n / SEED_DIR.format(s), seed_fingerprint(cfg, s))]
     analysis = None
     if row_dirs:
         try:
             analysis = report.build_report(row_dirs, out / "analysis")["report"]
-            md += ["", "The standard `qrdistill analyze` report over every row (filter statistics, training time "
+            md += ["", "The standard `qrdistill analyze` report over the same rows and seeds (filter statistics, training time "
                        "per epoch, routing of every routed row): [analysis/report.md](analysis/report.md).", ""]
         except MissingArtifactError:
             analysis = None
