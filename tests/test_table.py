@@ -345,6 +345,34 @@ def test_statistics_match_a_hand_computation(tmp_path):
     assert "| qr | a | 70.0 ± 14.1 (60.0–80.0) | 2 |" in md and "+50.0 [" in md and "| 0.031 |" in md
 
 
+def test_a_same_base_pair_has_one_zero_shot_line(tmp_path):
+    """Two students on one base model share its zero-shot answers: the table shows them once, naming both
+    students, and compares each trained student with that one line."""
+    from qrdistill.analysis.table_report import build_table_report
+    from qrdistill.config.table import load_table_config
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "base": {"train": {"students": [{"name": "a", "model": "m1"}, {"name": "b", "model": "m1"}]}},
+        "seeds": [0], "run_dir": str(tmp_path / "run"),
+        "rows": [{"name": "zs", "override": {"stages": ["evaluate"], "evaluate": {"students": "base"}}},
+                 {"name": "qr"}]}))
+    table = load_table_config(cfg)
+    root = tmp_path / "run"
+    _fake_seed(root / "qr" / "seed-0", "a", [True] * 6 + [False] * 4)
+    _fake_seed(root / "qr" / "seed-0", "b", [True] * 2 + [False] * 8)
+    _fake_seed(root / "zs" / "seed-0", "base:m1", [True] * 2 + [False] * 8)
+    _mark(table, root, "qr", 0)
+    _mark(table, root, "zs", 0)
+    result = build_table_report(table, root)
+    zero = [e for e in result["entries"] if e["row"] == "zs"]
+    assert [e["students"] for e in zero] == [["a", "b"]]
+    assert "| zs | a / b (base) |" in (root / "table" / "table.md").read_text()
+    assert "a / b" in (root / "table" / "table.csv").read_text()
+    vs = {e["student"]: e["vs_zero_shot"]["flexible"]["diff"] for e in result["entries"] if e["row"] == "qr"}
+    assert vs == {"a": pytest.approx(0.4), "b": pytest.approx(0.0)}
+
+
 def test_a_seed_run_with_another_config_or_not_finished_is_not_reported(tmp_path):
     """A seed folder left from an earlier version of the table config (a stale fingerprint), or one whose run
     stopped after evaluating, holds an evaluation summary like a finished one; the report counts neither."""

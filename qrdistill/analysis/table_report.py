@@ -36,7 +36,8 @@ METRICS = (("flexible", "correct"), ("strict", "strict_correct"))
 
 
 def systems(table: Any, root: Path) -> list[dict[str, Any]]:
-    """Each row's evaluated students: {row, label, student, model, key (eval summary key), zero_shot, dirs}.
+    """Each row's evaluated students: {row, label, student, students, model, key (eval summary key),
+    zero_shot, dirs}; a zero-shot row's students on one base model are one system (`students` names them).
 
     `dirs` maps each seed to its run directory where that seed finished with the row's present config: a
     part-run seed, or one left from an earlier version of the table config, is not reported.
@@ -50,8 +51,14 @@ def systems(table: Any, root: Path) -> list[dict[str, Any]]:
         dirs = {s: root / name / SEED_DIR.format(s) for s in table.seeds}
         dirs = {s: d for s, d in dirs.items() if is_finished(d, seed_fingerprint(cfg, s))}
         for st in cfg.train.students:
-            out.append({"row": name, "label": table.labels.get(name, name), "student": st.name, "model": st.model,
-                        "key": "base:" + st.model if zero else st.name, "zero_shot": zero, "dirs": dirs})
+            key = "base:" + st.model if zero else st.name
+            # Students on one base (a same-base pair) share its zero-shot answers: one line, not one per student.
+            shared = next((o for o in out if o["row"] == name and o["key"] == key), None)
+            if shared is not None:
+                shared["students"].append(st.name)
+                continue
+            out.append({"row": name, "label": table.labels.get(name, name), "student": st.name,
+                        "students": [st.name], "model": st.model, "key": key, "zero_shot": zero, "dirs": dirs})
     return out
 
 
@@ -131,7 +138,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], task: str, settings: dict[str,
 
 def _partner(a: dict[str, Any], pool: list[dict[str, Any]], by_model: bool) -> dict[str, Any] | None:
     """The system of `pool` A is compared with: the same student name (and, against zero-shot, the same model)."""
-    same = [b for b in pool if b["student"] == a["student"] and (not by_model or b["model"] == a["model"])]
+    same = [b for b in pool if a["student"] in b["students"] and (not by_model or b["model"] == a["model"])]
     if same:
         return same[0]
     if by_model:
@@ -163,7 +170,7 @@ def table_rows(table: Any, root: Path, settings: dict[str, Any]) -> tuple[list[d
             if cell is None:
                 continue
             entry = {"task": task, "row": a["row"], "label": a["label"], "student": a["student"],
-                     "model": a["model"], "key": a["key"], "accuracy": cell}
+                     "students": a["students"], "model": a["model"], "key": a["key"], "accuracy": cell}
             for what, row in against.items():
                 pool = [b for b in all_systems if b["row"] == row and row != a["row"]]
                 b = _partner(a, pool, by_model=what == "zero_shot")
@@ -257,7 +264,8 @@ def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, 
                "|---|---|---|---|---|---|---|---|---|"]
         for e in mine:
             a = e["accuracy"]
-            student = f"{e['student']} (base)" if e["key"].startswith("base:") else e["student"]
+            names = " / ".join(e.get("students") or [e["student"]])
+            student = f"{names} (base)" if e["key"].startswith("base:") else names
             d_ref, p_ref = _cmp_text(e["vs_reference"])
             d_zs, p_zs = _cmp_text(e["vs_zero_shot"])
             md.append(f"| {e['label']} | {student} | {_acc_text(a)} | {len(a['seed_list'])} | "
@@ -273,7 +281,7 @@ def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, 
 def _csv_line(e: dict[str, Any]) -> dict[str, Any]:
     a = e["accuracy"]
     line: dict[str, Any] = {
-        "task": e["task"], "row": e["row"], "label": e["label"], "student": e["student"], "model": e["model"],
+        "task": e["task"], "row": e["row"], "label": e["label"], "student": " / ".join(e.get("students") or [e["student"]]), "model": e["model"],
         "eval_key": e["key"], "seeds": " ".join(map(str, a["seed_list"])), "n": a.get("n"),
         "accuracy_mean": a["accuracy"], "accuracy_std": a["std"], "accuracy_min": a["min"], "accuracy_max": a["max"],
         "strict_mean": (a.get("strict") or {}).get("accuracy"), "strict_std": (a.get("strict") or {}).get("std"),
