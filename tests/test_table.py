@@ -371,6 +371,7 @@ def test_a_same_base_pair_has_one_zero_shot_line(tmp_path):
     assert "a / b" in (root / "table" / "table.csv").read_text()
     vs = {e["student"]: e["vs_zero_shot"]["flexible"]["diff"] for e in result["entries"] if e["row"] == "qr"}
     assert vs == {"a": pytest.approx(0.4), "b": pytest.approx(0.0)}
+    assert zero[0]["vs_reference"] is None  # a against the base and b against it differ: no one number
 
 
 def test_a_seed_run_with_another_config_or_not_finished_is_not_reported(tmp_path):
@@ -391,7 +392,11 @@ def test_a_seed_run_with_another_config_or_not_finished_is_not_reported(tmp_path
     _mark(table, root, "qr", 0)
     _mark(table, root, "qr", 1, fingerprint="0123456789abcdef")
     _mark(table, root, "qr", 2, status="running")
+    left = root / "table" / "analysis" / "results_qr_seeds_0_1.csv"  # from a report when seed 1 still counted
+    left.parent.mkdir(parents=True)
+    left.write_text("x\n")
     result = build_table_report(table, root)
+    assert not left.exists()
     assert "| 1 | 0: 1, 1: 1 (stale), 2: – | 1, 1, 1 |" in (root / "table" / "table.md").read_text()
     assert [e["accuracy"]["accuracy"] for e in result["entries"]] == [pytest.approx(0.8)] * 2
     assert result["finished_seeds"] == [0]

@@ -3,9 +3,11 @@
 Writes D/table/: table.md, table.csv (one line per task x row x student), table.json (everything,
 with each comparison's per-seed p-values), wall_time.json, the reference row's routing figures and
 CSVs (Fig. 4 / 5, from `report.routing_section`), and analysis/, the standard `qrdistill analyze`
-report over every row.
+report over the same row x seeds (each rebuilt from scratch).
 
-Statistics, for each task and trained student (a zero-shot row: the base model of that student):
+Statistics, for each task and trained student (a zero-shot row: the base model of that student, one
+line for the students that share a base; such a line has no comparison with the reference row, whose
+students each compare with it in their own line):
 
 - accuracy: the mean over seeds of each seed's accuracy, ± the sample standard deviation over seeds
   (n - 1), and the min-max range;
@@ -22,6 +24,7 @@ Statistics, for each task and trained student (a zero-shot row: the base model o
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +141,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], task: str, settings: dict[str,
 
 def _partner(a: dict[str, Any], pool: list[dict[str, Any]], by_model: bool) -> dict[str, Any] | None:
     """The system of `pool` A is compared with: the same student name (and, against zero-shot, the same model)."""
-    same = [b for b in pool if a["student"] in b["students"] and (not by_model or b["model"] == a["model"])]
+    same = [b for b in pool if b["student"] == a["student"] and (not by_model or b["model"] == a["model"])]
     if same:
         return same[0]
     if by_model:
@@ -173,7 +176,9 @@ def table_rows(table: Any, root: Path, settings: dict[str, Any]) -> tuple[list[d
                      "students": a["students"], "model": a["model"], "key": a["key"], "accuracy": cell}
             for what, row in against.items():
                 pool = [b for b in all_systems if b["row"] == row and row != a["row"]]
-                b = _partner(a, pool, by_model=what == "zero_shot")
+                # A base line shared by several students has no one partner in the reference row.
+                shared = what == "reference" and len(a["students"]) > 1
+                b = None if shared else _partner(a, pool, by_model=what == "zero_shot")
                 entry[f"vs_{what}"] = compare(a, b, task, settings) if b is not None else None
             out.append(entry)
     return out, tasks
@@ -372,6 +377,8 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
                 if is_finished(root / n / SEED_DIR.format(s), seed_fingerprint(cfg, s))]
     analysis = None
     if row_dirs:
+        # Figures and CSVs name their seeds: those of an earlier report's seeds would stay beside the new ones.
+        shutil.rmtree(out / "analysis", ignore_errors=True)
         try:
             analysis = report.build_report(row_dirs, out / "analysis")["report"]
             md += ["", "The standard `qrdistill analyze` report over the same rows and seeds (filter statistics, training time "
