@@ -38,6 +38,20 @@ POOLING = ("(question, seed) pairs, seed k against seed k; interval: paired boot
 METRICS = (("flexible", "correct"), ("strict", "strict_correct"))
 
 
+def finished_dirs(table: Any, root: Path, row: str) -> dict[int, Path]:
+    """The seed run directories of `row` that finished with the row's present config, by seed."""
+    from qrdistill.stages.pipeline import SEED_DIR
+    from qrdistill.stages.table import is_finished, seed_fingerprint
+
+    cfg = table.rows[row]
+    dirs = {s: root / row / SEED_DIR.format(s) for s in table.seeds}
+    return {s: d for s, d in dirs.items() if is_finished(d, seed_fingerprint(cfg, s))}
+
+
+def _names(e: dict[str, Any]) -> str:
+    return " / ".join(e.get("students") or [e["student"]])
+
+
 def systems(table: Any, root: Path) -> list[dict[str, Any]]:
     """Each row's evaluated students: {row, label, student, students, model, key (eval summary key),
     zero_shot, dirs}; a zero-shot row's students on one base model are one system (`students` names them).
@@ -45,14 +59,10 @@ def systems(table: Any, root: Path) -> list[dict[str, Any]]:
     `dirs` maps each seed to its run directory where that seed finished with the row's present config: a
     part-run seed, or one left from an earlier version of the table config, is not reported.
     """
-    from qrdistill.stages.pipeline import SEED_DIR
-    from qrdistill.stages.table import is_finished, seed_fingerprint
-
     out = []
     for name, cfg in table.rows.items():
         zero = "train" not in cfg.stages
-        dirs = {s: root / name / SEED_DIR.format(s) for s in table.seeds}
-        dirs = {s: d for s, d in dirs.items() if is_finished(d, seed_fingerprint(cfg, s))}
+        dirs = finished_dirs(table, root, name)
         for st in cfg.train.students:
             key = "base:" + st.model if zero else st.name
             # Students on one base (a same-base pair) share its zero-shot answers: one line, not one per student.
@@ -269,8 +279,7 @@ def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, 
                "|---|---|---|---|---|---|---|---|---|"]
         for e in mine:
             a = e["accuracy"]
-            names = " / ".join(e.get("students") or [e["student"]])
-            student = f"{names} (base)" if e["key"].startswith("base:") else names
+            student = f"{_names(e)} (base)" if e["key"].startswith("base:") else _names(e)
             d_ref, p_ref = _cmp_text(e["vs_reference"])
             d_zs, p_zs = _cmp_text(e["vs_zero_shot"])
             md.append(f"| {e['label']} | {student} | {_acc_text(a)} | {len(a['seed_list'])} | "
@@ -286,7 +295,7 @@ def table_markdown(entries: list[dict[str, Any]], tasks: list[str], table: Any, 
 def _csv_line(e: dict[str, Any]) -> dict[str, Any]:
     a = e["accuracy"]
     line: dict[str, Any] = {
-        "task": e["task"], "row": e["row"], "label": e["label"], "student": " / ".join(e.get("students") or [e["student"]]), "model": e["model"],
+        "task": e["task"], "row": e["row"], "label": e["label"], "student": _names(e), "model": e["model"],
         "eval_key": e["key"], "seeds": " ".join(map(str, a["seed_list"])), "n": a.get("n"),
         "accuracy_mean": a["accuracy"], "accuracy_std": a["std"], "accuracy_min": a["min"], "accuracy_max": a["max"],
         "strict_mean": (a.get("strict") or {}).get("accuracy"), "strict_std": (a.get("strict") or {}).get("std"),
@@ -328,8 +337,6 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
     """Write D/table/ (see the module docstring) from the rows' saved artifacts."""
     from qrdistill.analysis import report, tables
     from qrdistill.errors import MissingArtifactError
-    from qrdistill.stages.pipeline import SEED_DIR
-    from qrdistill.stages.table import is_finished, seed_fingerprint
 
     root = Path(root)
     out = root / TABLE_DIR
@@ -359,9 +366,7 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
 
     routing_files: list[str] = []
     if table.reference is not None:
-        ref_cfg = table.rows[table.reference]
-        dirs = [root / table.reference / SEED_DIR.format(s) for s in table.seeds
-                if is_finished(root / table.reference / SEED_DIR.format(s), seed_fingerprint(ref_cfg, s))]
+        dirs = list(finished_dirs(table, root, table.reference).values())
         runs = [tables.load_run(d) for d in dirs]
         # Figures of an earlier report name its seeds ("..._seeds_0_1"): they would lie beside the new ones.
         for p in out.iterdir():
@@ -373,8 +378,7 @@ def build_table_report(table: Any, root: Path) -> dict[str, Any]:
         md += [f"## Routing of the reference row ({ref})", ""] + (
             section[2:] if shown else ["_The reference row logged no routing._", ""])
     # The seed folders the table reports, not every seed-k a row holds (a stale or part-run one is left out).
-    row_dirs = [root / n / SEED_DIR.format(s) for n, cfg in table.rows.items() for s in table.seeds
-                if is_finished(root / n / SEED_DIR.format(s), seed_fingerprint(cfg, s))]
+    row_dirs = [d for n in table.rows for d in finished_dirs(table, root, n).values()]
     analysis = None
     if row_dirs:
         # Figures and CSVs name their seeds: those of an earlier report's seeds would stay beside the new ones.
